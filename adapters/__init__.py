@@ -1,0 +1,1 @@
+"""Adapters: the ports' implementations (memory, Redis) and the web entry point."""

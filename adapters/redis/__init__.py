@@ -1,0 +1,6 @@
+"""Redis adapters: redis-py asyncio Cache and PubSub on DB 0, dramatiq JobQueue on DB 1."""
+
+from adapters.redis.cache import RedisCache
+from adapters.redis.connection import connect
+
+__all__ = ["RedisCache", "connect"]

@@ -1,0 +1,88 @@
+"""Request and response helpers: msgspec bodies, size limits, the one error shape."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ondoki.errors import InvalidInput, OndokiError, TooLarge
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+
+
+class UnsupportedMediaType(OndokiError):
+    """The body's content type is not one this endpoint reads."""
+
+    code = "unsupported_media_type"
+
+
+class MalformedBody(OndokiError):
+    """The body could not be parsed at all (bad JSON)."""
+
+    code = "malformed_body"
+
+
+def json_response(
+    content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(_encoder.encode(content), status_code, headers, media_type="application/json")
+
+
+def error_response(
+    status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    return json_response({"error": {"code": code, "message": message}}, status_code, headers)
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The whole body, refused with `TooLarge` as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def require_json(request: Request) -> None:
+    """Refuse a body declared as anything but JSON (a missing content type is accepted)."""
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"expected an application/json body, got {media or 'nothing'}")
+
+
+async def read_json(request: Request, into: type[T], *, limit: int) -> T:
+    """The body decoded into `into`: 413 over `limit`, 415 if not JSON, 400 if malformed,
+    422 if it does not fit the schema (the message names the field)."""
+    require_json(request)
+    body = await read_body(request, limit=limit)
+    if not body.strip():
+        raise MalformedBody("request body is empty; expected a JSON object")
+    try:
+        return msgspec.json.decode(body, type=into)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(f"request body is not valid JSON: {exc}") from None
+
+
+def check_json(body: bytes) -> None:
+    """Raise `MalformedBody` unless `body` is one valid JSON document."""
+    try:
+        msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(f"body is not valid JSON: {exc}") from None

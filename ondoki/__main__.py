@@ -1,0 +1,5 @@
+import sys
+
+from ondoki.cli import main
+
+sys.exit(main())

@@ -1,0 +1,88 @@
+"""Every error ondoki raises on purpose; adapters translate their libraries' errors into these."""
+
+from __future__ import annotations
+
+
+class OndokiError(Exception):
+    """Base of every error ondoki raises on purpose."""
+
+    #: A short machine-readable code, used in HTTP error bodies.
+    code = "error"
+
+    def __init__(self, message: str, **fields: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(OndokiError):
+    """A setting is missing or has a bad value; `variable` names where it came from."""
+
+    code = "bad_config"
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}", variable=variable)
+        self.variable = variable
+
+
+class InvalidInput(OndokiError):
+    """The caller passed a value the operation cannot accept."""
+
+    code = "invalid_input"
+
+
+class NotFound(OndokiError):
+    """The thing asked for does not exist (or has expired)."""
+
+    code = "not_found"
+
+
+class Unauthorized(OndokiError):
+    """Missing, unknown or expired credentials."""
+
+    code = "unauthorized"
+
+
+class Forbidden(OndokiError):
+    """Valid credentials that do not grant this operation."""
+
+    code = "forbidden"
+
+
+class TooLarge(OndokiError):
+    """A value or body is over its size limit."""
+
+    code = "too_large"
+
+
+class BackendError(OndokiError):
+    """A backing service (Redis, broker) failed or could not be reached."""
+
+    code = "backend_unavailable"
+
+
+class CacheError(BackendError):
+    """The cache could not complete an operation."""
+
+    code = "cache_unavailable"
+
+
+class PubSubError(BackendError):
+    """The pub/sub backend could not complete an operation."""
+
+    code = "pubsub_unavailable"
+
+
+class JobQueueError(BackendError):
+    """The job queue could not complete an operation."""
+
+    code = "jobqueue_unavailable"
+
+
+class JobStateError(OndokiError):
+    """The job is not in a state that allows the operation (e.g. retrying a running job)."""
+
+    code = "job_state"

@@ -1,0 +1,75 @@
+"""Value types shared by the ports, the services and the wire (msgspec Structs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+
+class Position(msgspec.Struct, frozen=True):
+    """Where a message sits in a channel's history.
+
+    `epoch` changes whenever the history is lost (a new server, an expired channel); offsets
+    only compare within one epoch.
+    """
+
+    epoch: str
+    offset: int
+
+
+class Message(msgspec.Struct, frozen=True, tag="message"):
+    """A published message, as a subscriber receives it."""
+
+    channel: str
+    position: Position
+    payload: bytes
+
+
+class Gap(msgspec.Struct, frozen=True, tag="gap"):
+    """History could not cover what the subscriber missed: it must refetch its state.
+
+    `position` is where the stream continues from; `reason` says why the gap happened.
+    """
+
+    channel: str
+    position: Position
+    reason: str
+
+
+Delivery = Message | Gap
+
+JobState = Literal["queued", "running", "succeeded", "failed", "dead", "cancelled"]
+
+#: States a job never leaves (but `dead` may be replayed by an operator, making a new attempt).
+FINAL_STATES: frozenset[str] = frozenset({"succeeded", "dead", "cancelled"})
+
+
+class JobRecord(msgspec.Struct, kw_only=True):
+    """Everything known about one job; readable from any API instance."""
+
+    id: str
+    kind: str
+    queue: str
+    owner: str | None = None
+    state: JobState = "queued"
+    stage: str | None = None
+    progress: float = 0.0
+    attempts: int = 0
+    max_attempts: int = 3
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: str | None = None
+    idempotency_key: str | None = None
+
+
+class Session(msgspec.Struct, kw_only=True):
+    """A logged-in user's session, stored in the cache under a hash of its token."""
+
+    user_id: str
+    created_at: float
+    ttl_seconds: float
+    data: dict[str, Any] = msgspec.field(default_factory=dict)

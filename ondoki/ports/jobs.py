@@ -1,0 +1,84 @@
+"""The JobQueue port: durable background jobs with records, progress and dead letters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ondoki.models import JobRecord
+
+
+class JobContext(Protocol):
+    """What a running job can tell the queue. Handlers run in a worker thread, so it is sync."""
+
+    job_id: str
+    owner: str | None
+    attempt: int
+
+    def report(self, stage: str, progress: float) -> None:
+        """Record the job's stage and progress (0..1) and notify its owner."""
+        ...
+
+    def checkpoint(self) -> None:
+        """Raise `JobCancelled` when the job was cancelled; call it between units of work."""
+        ...
+
+
+#: A job's work: gets its context and payload, returns a JSON-able result. It raises
+#: `RetryableJobError` for failures worth another attempt; any other exception is final.
+JobHandler = Callable[[JobContext, dict[str, Any]], Any]
+
+
+class JobQueue(Protocol):
+    """Enqueue jobs by kind, onto named queues, and follow them through their records.
+
+    Contract, for every adapter:
+
+    - States: `queued` -> `running` -> `succeeded`; a retryable failure goes to `failed` and
+      back to `queued` with a backoff; attempts exhausted or a final error go to `dead`;
+      `cancel` goes to `cancelled` (a queued job never starts, a running one stops at its
+      next checkpoint).
+    - Delivery is at least once: a worker that dies mid-job leads to another attempt, and a
+      job that kills its worker every time ends `dead` after `max_attempts`.
+    - A job is never run by two workers at the same time.
+    - The same `idempotency_key` returns the existing job's id instead of a second job.
+    - Records of finished jobs expire after the adapter's record TTL.
+    - Backend failures raise `JobQueueError`; unknown ids raise `NotFound`; an operation the
+      job's state does not allow raises `JobStateError`.
+    """
+
+    async def enqueue(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        queue: str = "celery",
+        owner: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Queue a job of a registered `kind`; return its id."""
+        ...
+
+    async def get(self, job_id: str) -> JobRecord:
+        """The job's record; `NotFound` when unknown or expired."""
+        ...
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued or running job; a finished one is returned unchanged."""
+        ...
+
+    async def dead(self, *, limit: int = 100) -> list[JobRecord]:
+        """Dead jobs, newest first."""
+        ...
+
+    async def retry(self, job_id: str) -> JobRecord:
+        """Queue a dead job again with a fresh set of attempts."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the backend answers; raise `JobQueueError` otherwise."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop accepting work and release connections."""
+        ...

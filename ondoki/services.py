@@ -1,0 +1,23 @@
+"""The services bundle that entry points (web, CLI) are handed by the composition root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ondoki.ports.cache import Cache
+from ondoki.sessions import Sessions
+from ondoki.settings import Settings
+from ondoki.state import TemporaryState
+
+
+@dataclass
+class Services:
+    """Everything the entry points (web, CLI) use; built and closed by `open_services`."""
+
+    settings: Settings
+    api_key: str
+    cache: Cache
+    sessions: Sessions
+    state: TemporaryState
+    #: Part name -> the object whose `ping()` tells whether that part is ready.
+    parts: dict[str, Cache] = field(default_factory=dict)
