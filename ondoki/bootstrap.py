@@ -55,10 +55,12 @@ def build_cache(settings: Settings) -> Cache:
             default_ttl=settings.cache_default_ttl_seconds,
         )
     from adapters.redis.cache import RedisCache
-    from adapters.redis.connection import connect
 
-    client = connect(settings.redis_url, db=None, timeout=settings.redis_timeout_seconds)
-    return RedisCache(client=client, default_ttl=settings.cache_default_ttl_seconds)
+    return RedisCache(
+        settings.redis_url,
+        default_ttl=settings.cache_default_ttl_seconds,
+        timeout=settings.redis_timeout_seconds,
+    )
 
 
 @asynccontextmanager

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 
 def redact_url(url: str) -> str:
@@ -20,4 +20,9 @@ def redact_url(url: str) -> str:
         f"{name}=***" if name.lower() == "password" else f"{name}{sep}{value}"
         for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # Built by hand: urlunsplit turns "unix:///path" into "unix:/path".
+    return (
+        f"{parts.scheme}://{netloc}{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )

@@ -31,9 +31,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     keep: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
     for item in items:
-        (dropped if item.get_closest_marker("redis") and _runs_on_trio(item) else keep).append(
-            item
-        )
+        (dropped if item.get_closest_marker("redis") and _runs_on_trio(item) else keep).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep

@@ -79,7 +79,8 @@ class RedisServer:
                 error = (self.dir / "stderr").read_text()
                 raise RuntimeError(f"redis-server exited at start: {error}")
             try:
-                self.client().ping()
+                with self.client() as client:
+                    client.ping()
                 return self
             except redis.ConnectionError:
                 time.sleep(0.02)

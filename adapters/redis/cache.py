@@ -24,8 +24,8 @@ def _ms(seconds: float) -> int:
 class RedisCache:
     """The Cache port on Redis: one round trip per operation, many-key calls pipelined.
 
-    Pass an already-built `client` (its database is used as it is) or a `url` (DB 0 unless
-    `db` says otherwise). Bounded size and LRU eviction are the server's job (`maxmemory`
+    Pass an already-built `client` (its database is used as it is) or a `url` (its database
+    unless `db` says otherwise). Bounded size and LRU eviction are the server's job (`maxmemory`
     with a `*-lru` policy); every key gets a TTL, so `volatile-lru` evicts only cache keys.
     """
 
@@ -34,13 +34,14 @@ class RedisCache:
         url: str | None = None,
         *,
         client: aioredis.Redis | None = None,
-        db: int = 0,
+        db: int | None = None,
         default_ttl: float = 86_400.0,
+        timeout: float = 5.0,
     ) -> None:
         if client is None:
             if url is None:
                 raise ValueError("RedisCache needs a url or a client")
-            client = connect(url, db=db)
+            client = connect(url, db=db, timeout=timeout)
             self._owns_client = True
         else:
             self._owns_client = False

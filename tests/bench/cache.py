@@ -1,0 +1,69 @@
+"""Cache: RedisCache against bare redis-py on the same server; MemoryCache throughput."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from adapters.memory.cache import MemoryCache
+from adapters.redis.cache import RedisCache
+from tests.bench.report import Figure, interleaved
+from tests.redis_server import RedisServer
+
+GOAL = 1.15
+
+
+async def run(server: RedisServer, *, scale: float = 1.0) -> list[Figure]:
+    count, rounds = max(200, int(5_000 * scale)), 7
+    value = b"x" * 512
+    ours = RedisCache(server.url(0))
+    bare = aioredis.Redis.from_url(server.url(0))
+    await ours.set("bench:ours", value, ttl=600)
+    await bare.set("bench:bare", value, px=600_000)
+    try:
+        t = await interleaved(
+            {
+                "ours get": lambda: ours.get("bench:ours"),
+                "bare get": lambda: bare.get("bench:bare"),
+                "ours set": lambda: ours.set("bench:ours", value, ttl=600),
+                "bare set": lambda: bare.set("bench:bare", value, px=600_000),
+            },
+            count=count,
+            rounds=rounds,
+        )
+    finally:
+        await ours.aclose()
+        await bare.aclose()
+
+    figures = []
+    for op in ("get", "set"):
+        ratio = t[f"ours {op}"] / t[f"bare {op}"]
+        figures.append(
+            Figure(
+                "cache",
+                f"RedisCache.{op} time / bare redis-py {op}",
+                ratio,
+                "x",
+                goal=f"<= {GOAL}x",
+                met=ratio <= GOAL,
+                detail={"ours_us": t[f"ours {op}"] * 1e6, "bare_us": t[f"bare {op}"] * 1e6},
+            )
+        )
+        figures.append(Figure("cache", f"RedisCache.{op} latency", t[f"ours {op}"] * 1e6, "us"))
+
+    memory = MemoryCache(max_entries=10_000)
+    keys = [f"k{n}" for n in range(20_000)]  # twice the bound: every set evicts
+    mem_count = max(2_000, int(100_000 * scale))
+
+    async def mem_set() -> None:
+        for key in keys[: mem_count // 10]:
+            await memory.set(key, value)
+
+    async def mem_get() -> None:
+        for key in keys[: mem_count // 10]:
+            await memory.get(key)
+
+    m = await interleaved({"set": mem_set, "get": mem_get}, count=10, rounds=3)
+    per_call = mem_count // 10
+    figures.append(Figure("cache", "MemoryCache.set (evicting)", per_call / m["set"], "ops/s"))
+    figures.append(Figure("cache", "MemoryCache.get", per_call / m["get"], "ops/s"))
+    return figures

@@ -1,0 +1,65 @@
+"""`ondoki serve` as a real process, the way an operator runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+
+from tests.redis_server import free_port
+
+# Variables a developer's shell may have set that would change what the test starts.
+_SCRUBBED = ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "ONDOKI_")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED)}
+    env.update(extra)
+    return env
+
+
+class ServeProcess:
+    """One `python -m ondoki serve` on a free port; its stderr is kept in a file."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"serve-{self.port}.log"
+        command = [sys.executable, "-m", "ondoki", "serve", "--port", str(self.port), *args]
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_ready(self, timeout: float = 20.0) -> ServeProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ondoki serve exited early:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"ondoki serve not healthy in {timeout}s:\n{self.output()}")
+
+    def exit_code(self, timeout: float = 20.0) -> int:
+        return self.process.wait(timeout)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, as an orchestrator does; the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
