@@ -7,27 +7,40 @@ import secrets
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Protocol, runtime_checkable
 
 import anyio
+import anyio.abc
 import sniffio
 
 from ondoki.cache import NamespacedCache
 from ondoki.errors import ConfigError, OndokiError
+from ondoki.jobs import JobKinds, register_demo_kinds
+from ondoki.notifications import NotificationHub, job_notifier
 from ondoki.ports.cache import Cache
+from ondoki.ports.jobs import JobNotify, JobQueue
+from ondoki.ports.pubsub import PubSub
 from ondoki.redact import redact_url
 from ondoki.services import Services
 from ondoki.sessions import Sessions
-from ondoki.settings import Settings
+from ondoki.settings import Settings, with_db
 from ondoki.state import TemporaryState
 
 log = logging.getLogger("ondoki")
+
+
+@runtime_checkable
+class Runnable(Protocol):
+    """An adapter with background work, started in the composition root's task group."""
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = ...) -> None: ...
 
 
 def resolve_api_key(settings: Settings) -> str:
     """The configured API key; in development a generated one (printed), never in production."""
     if settings.api_key is not None:
         return settings.api_key
-    if settings.env == "production":
+    if settings.env == "production":  # load_settings refuses this; a hand-built Settings may not
         raise ConfigError("ONDOKI_API_KEY", "is required when ONDOKI_ENV=production")
     key = secrets.token_urlsafe(24)
     # Printed, not logged: the operator needs it once, log collectors never should.
@@ -63,9 +76,77 @@ def build_cache(settings: Settings) -> Cache:
     )
 
 
+def build_pubsub(settings: Settings) -> PubSub:
+    if settings.redis_url is None:
+        from adapters.memory.pubsub import MemoryPubSub
+
+        return MemoryPubSub(
+            namespace=settings.namespace,
+            history_size=settings.history_size,
+            history_ttl=settings.history_ttl_seconds,
+        )
+    from adapters.redis.pubsub import RedisPubSub
+
+    return RedisPubSub(
+        settings.redis_url,
+        namespace=settings.namespace,
+        history_size=settings.history_size,
+        history_ttl=settings.history_ttl_seconds,
+    )
+
+
+def build_kinds(settings: Settings) -> JobKinds:
+    """Every job kind this deployment runs."""
+    return register_demo_kinds(JobKinds())
+
+
+def build_jobs(settings: Settings, kinds: JobKinds, notify: JobNotify) -> JobQueue:
+    if settings.broker is None:
+        from adapters.memory.jobs import MemoryJobQueue
+
+        return MemoryJobQueue(kinds, notify=notify, record_ttl=settings.job_record_ttl_seconds)
+    from adapters.redis.jobs import DramatiqJobQueue
+
+    return DramatiqJobQueue(
+        settings.broker,
+        kinds=kinds,
+        notify=notify,
+        namespace=settings.namespace,
+        record_ttl=settings.job_record_ttl_seconds,
+        timeout=settings.redis_timeout_seconds,
+    )
+
+
+async def warn_if_queue_can_be_evicted(settings: Settings) -> None:
+    """Say it loudly at start-up: an evicting policy on the broker silently drops jobs."""
+    if settings.broker is None or settings.redis_url is None:
+        return
+    from adapters.redis.doctor import eviction_warning
+
+    shared = with_db(settings.broker, 0) == with_db(settings.redis_url, 0)
+    warning = await eviction_warning(settings.broker, shared=shared)
+    if warning is not None:
+        log.warning("JOBS MAY BE LOST: %s (run `ondoki doctor`)", warning)
+
+
+def hub_for(settings: Settings, pubsub: PubSub) -> NotificationHub:
+    return NotificationHub(
+        pubsub,
+        queue_size=settings.ws_queue_size,
+        max_event_bytes=settings.notification_max_bytes,
+        ping_interval=settings.ws_ping_interval_seconds,
+        ping_timeout=settings.ws_ping_timeout_seconds,
+    )
+
+
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, api_key: str | None = None, cache: Cache | None = None
+    settings: Settings,
+    *,
+    api_key: str | None = None,
+    cache: Cache | None = None,
+    pubsub: PubSub | None = None,
+    kinds: JobKinds | None = None,
 ) -> AsyncIterator[Services]:
     """Open every adapter the settings ask for (or use the ones given), yield the services,
     and close everything in reverse order on the way out, whatever happened."""
@@ -75,6 +156,17 @@ async def open_services(
             cache = build_cache(settings)
             stack.push_async_callback(cache.aclose)
         await _report_reachability(settings, cache)
+        if pubsub is None:
+            pubsub = build_pubsub(settings)
+            stack.push_async_callback(pubsub.aclose)
+        await tasks.start(pubsub.run)
+        hub = hub_for(settings, pubsub)
+        jobs = build_jobs(settings, kinds or build_kinds(settings), job_notifier(hub))
+        stack.push_async_callback(jobs.aclose)
+        if isinstance(jobs, Runnable):
+            # The memory queue runs jobs inside this process (the embedded default).
+            await tasks.start(jobs.run)
+        await warn_if_queue_can_be_evicted(settings)
         ns = settings.namespace
         services = Services(
             settings=settings,
@@ -92,7 +184,10 @@ async def open_services(
                 max_ttl=settings.state_max_ttl_seconds,
                 max_bytes=settings.state_max_bytes,
             ),
-            parts={"cache": cache},
+            pubsub=pubsub,
+            notifications=hub,
+            jobs=jobs,
+            parts={"cache": cache, "pubsub": pubsub, "jobs": jobs},
         )
         yield services
         tasks.cancel_scope.cancel()
@@ -112,3 +207,46 @@ async def _report_reachability(settings: Settings, cache: Cache) -> None:
         log.warning("Redis at %s is not answering yet: %s", where, exc)
     else:
         log.info("using Redis at %s", where)
+
+
+async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
+    """`ondoki worker`: consume `queues` on the Redis broker until SIGTERM/SIGINT; job
+    progress is published to the owners' notification channels."""
+    from adapters.redis.worker import WorkerOptions
+    from adapters.redis.worker import run_worker as run_dramatiq_worker
+
+    if settings.broker is None or settings.redis_url is None:
+        raise ConfigError(
+            "REDIS_URL",
+            "`ondoki worker` needs Redis; with the in-memory adapters `ondoki serve` runs jobs "
+            "in its own process",
+        )
+    kinds = build_kinds(settings)
+    unknown = set(queues) - {kind.queue for kind in kinds}
+    if unknown:
+        raise ConfigError("--queues", f"no job kind uses {', '.join(sorted(unknown))}")
+    async with AsyncExitStack() as stack, anyio.create_task_group() as tasks:
+        pubsub = build_pubsub(settings)
+        stack.push_async_callback(pubsub.aclose)
+        await tasks.start(pubsub.run)
+        await warn_if_queue_can_be_evicted(settings)
+        log.info("worker consuming %s on %s", ",".join(queues), redact_url(settings.broker))
+        await run_dramatiq_worker(
+            settings.broker,
+            kinds=kinds,
+            queues=queues,
+            notify=job_notifier(hub_for(settings, pubsub)),
+            namespace=settings.namespace,
+            threads=1,
+            record_ttl=settings.job_record_ttl_seconds,
+            handle_signals=True,
+            options=WorkerOptions(
+                heartbeat_timeout=settings.worker_heartbeat_timeout_seconds,
+                requeue_interval=settings.worker_requeue_interval_seconds,
+                lease_ttl=settings.worker_lease_ttl_seconds,
+                poll_interval=settings.worker_poll_interval_seconds,
+                stop_timeout=settings.worker_stop_timeout_seconds,
+                redis_timeout=settings.redis_timeout_seconds,
+            ),
+        )
+        tasks.cancel_scope.cancel()

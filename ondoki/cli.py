@@ -6,11 +6,13 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import anyio
 
 from ondoki.errors import ConfigError
+from ondoki.services import Services
 from ondoki.settings import Settings, load_settings
 
 WORKER_CLASSES = ("asyncio", "uvloop", "trio")
@@ -23,6 +25,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default: ONDOKI_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: ONDOKI_PORT or 8000)")
     serve.add_argument("--worker-class", choices=WORKER_CLASSES, default="asyncio")
+    worker = commands.add_parser("worker", help="run the media worker (concurrency 1)")
+    worker.add_argument(
+        "--queues",
+        default="celery,media",
+        help="comma-separated queues to consume (default: celery,media)",
+    )
+    doctor = commands.add_parser("doctor", help="check the configured Redis servers")
+    doctor.add_argument("--json", action="store_true", help="machine-readable findings")
     return parser
 
 
@@ -41,11 +51,20 @@ async def _serve(settings: Settings, worker_class: str) -> None:
     from ondoki.bootstrap import open_services, resolve_api_key
 
     api_key = resolve_api_key(settings)
-    app = create_app(lambda: open_services(settings, api_key=api_key))
+    opened: list[Services] = []
+
+    @asynccontextmanager
+    async def services() -> AsyncIterator[Services]:
+        async with open_services(settings, api_key=api_key) as found:
+            opened.append(found)
+            yield found
+
+    app = create_app(services)
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_grace_seconds
     config.accesslog = None
+    config.websocket_max_message_size = settings.ws_max_message_bytes
     config.errorlog = logging.getLogger("hypercorn.error")
 
     stop = anyio.Event()
@@ -56,6 +75,10 @@ async def _serve(settings: Settings, worker_class: str) -> None:
                 logging.getLogger("ondoki").info(
                     "received %s, shutting down", signal.Signals(signum).name
                 )
+                # WebSockets never finish on their own: close them (1012, "reconnect
+                # elsewhere") before hypercorn waits for open connections to end.
+                for found in opened:
+                    found.notifications.close_all()
                 stop.set()
                 return
 
@@ -84,10 +107,32 @@ def serve(settings: Settings, worker_class: str) -> None:
     anyio.run(_serve, settings, worker_class, backend=backend, backend_options=options)
 
 
+def doctor(settings: Settings, as_json: bool) -> int:
+    from adapters.redis.doctor import diagnose, render, to_json
+
+    findings = anyio.run(diagnose, settings)
+    if as_json:
+        sys.stdout.write(to_json(findings).decode() + "\n")
+    else:
+        print(render(findings))
+    return 1 if any(f.severity == "error" for f in findings) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
+        if args.command == "doctor":
+            return doctor(settings, args.json)
+        if args.command == "worker":
+            _configure_logging(settings)
+            queues = tuple(q.strip() for q in args.queues.split(",") if q.strip())
+            if not queues:
+                raise ConfigError("--queues", "name at least one queue")
+            from ondoki.bootstrap import run_worker
+
+            anyio.run(run_worker, settings, queues)
+            return 0
         if args.host is not None:
             settings.host = args.host
         if args.port is not None:

@@ -86,3 +86,28 @@ class JobStateError(OndokiError):
     """The job is not in a state that allows the operation (e.g. retrying a running job)."""
 
     code = "job_state"
+
+
+class RetryableJobError(OndokiError):
+    """Raised by a job handler for a failure worth another attempt (after a backoff)."""
+
+    code = "job_retryable"
+
+
+class JobCancelled(OndokiError):
+    """Raised inside a job handler (by `checkpoint`) when its job was cancelled."""
+
+    code = "job_cancelled"
+
+    def __init__(self, message: str = "the job was cancelled", **fields: object) -> None:
+        super().__init__(message, **fields)
+
+
+class JobInterrupted(JobCancelled):
+    """Raised inside a job handler when its worker is stopping: the job goes back to its
+    queue and the attempt is not counted."""
+
+    code = "job_interrupted"
+
+    def __init__(self, message: str = "the worker is stopping", **fields: object) -> None:
+        super().__init__(message, **fields)

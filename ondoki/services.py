@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from ondoki.notifications import NotificationHub
 from ondoki.ports.cache import Cache
+from ondoki.ports.jobs import JobQueue
+from ondoki.ports.pubsub import PubSub
 from ondoki.sessions import Sessions
 from ondoki.settings import Settings
 from ondoki.state import TemporaryState
+
+
+class Pingable(Protocol):
+    async def ping(self) -> None: ...
 
 
 @dataclass
@@ -19,5 +27,8 @@ class Services:
     cache: Cache
     sessions: Sessions
     state: TemporaryState
+    pubsub: PubSub
+    notifications: NotificationHub
+    jobs: JobQueue
     #: Part name -> the object whose `ping()` tells whether that part is ready.
-    parts: dict[str, Cache] = field(default_factory=dict)
+    parts: dict[str, Pingable] = field(default_factory=dict)

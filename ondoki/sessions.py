@@ -19,9 +19,15 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Session).decode
 
 
-def _key(token: str) -> str:
-    # Keyed by a hash so that a cache dump or `KEYS` listing gives away no usable token.
+def session_id(token: str) -> str:
+    """The session's public identity: a hash of its token, also its cache key.
+
+    Keyed by a hash so that a cache dump or `KEYS` listing gives away no usable token.
+    """
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+_key = session_id
 
 
 class Sessions:

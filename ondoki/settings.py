@@ -7,6 +7,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -35,6 +36,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     broker_url: str | None = None
     result_backend: str | None = None
     api_key: str | None = None
+    allow_passwordless_redis: bool = False
     media_dir: str = "media"
     namespace: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "ondoki"
 
@@ -49,6 +51,21 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     state_max_ttl_seconds: Seconds = 7 * 86_400.0
     state_max_bytes: Positive = 64 * 1024
     max_json_body_bytes: Positive = 1024 * 1024
+
+    history_size: Positive = 1000
+    history_ttl_seconds: Seconds = 3_600.0
+    notification_max_bytes: Positive = 64 * 1024
+    ws_queue_size: Positive = 256
+    ws_ping_interval_seconds: Seconds = 25.0
+    ws_ping_timeout_seconds: Seconds = 10.0
+    ws_max_message_bytes: Positive = 4096
+
+    job_record_ttl_seconds: Seconds = 7 * 86_400.0
+    worker_heartbeat_timeout_seconds: Seconds = 60.0
+    worker_requeue_interval_seconds: Seconds = 5.0
+    worker_lease_ttl_seconds: Seconds = 30.0
+    worker_poll_interval_seconds: Seconds = 1.0
+    worker_stop_timeout_seconds: Seconds = 600.0
 
     cache_default_ttl_seconds: Seconds = 86_400.0
     memory_cache_max_entries: Positive = 100_000
@@ -163,9 +180,43 @@ def _check(settings: Settings) -> None:
         )
     if settings.api_key is not None and len(settings.api_key) < 16:
         raise ConfigError("ONDOKI_API_KEY", "must be at least 16 characters")
+    if settings.env == "production":
+        _check_production(settings)
+    if settings.worker_requeue_interval_seconds * 2 > settings.worker_heartbeat_timeout_seconds:
+        raise ConfigError(
+            "ONDOKI_WORKER_REQUEUE_INTERVAL_SECONDS",
+            "must be at most half of ONDOKI_WORKER_HEARTBEAT_TIMEOUT_SECONDS",
+        )
     if settings.session_ttl_seconds > settings.session_max_ttl_seconds:
         raise ConfigError(
             "ONDOKI_SESSION_TTL_SECONDS", "is larger than ONDOKI_SESSION_MAX_TTL_SECONDS"
         )
     if settings.state_ttl_seconds > settings.state_max_ttl_seconds:
         raise ConfigError("ONDOKI_STATE_TTL_SECONDS", "is larger than ONDOKI_STATE_MAX_TTL_SECONDS")
+
+
+def _has_password(url: str) -> bool:
+    parts = urlsplit(url)
+    return bool(parts.password) or "password=" in parts.query
+
+
+def _check_production(settings: Settings) -> None:
+    """Production refuses what is fine on a laptop: each refusal names its variable."""
+    if settings.api_key is None:
+        raise ConfigError("ONDOKI_API_KEY", "is required when ONDOKI_ENV=production")
+    if settings.redis_url is None:
+        raise ConfigError(
+            "REDIS_URL",
+            "is required when ONDOKI_ENV=production (the in-memory adapters keep sessions, "
+            "notifications and jobs inside one process)",
+        )
+    if settings.allow_passwordless_redis:
+        return
+    for field in _SEED_NAMES:
+        url = getattr(settings, field)
+        if url is not None and not _has_password(url):
+            raise ConfigError(
+                env_name(field),
+                f"has no password ({redact_url(url)}); put one in the URL, or set "
+                "ONDOKI_ALLOW_PASSWORDLESS_REDIS=true if the network is private",
+            )

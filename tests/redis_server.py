@@ -45,8 +45,15 @@ class RedisServer:
     exactly what the history-loss tests need.
     """
 
-    def __init__(self, *, password: str | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        password: str | None = None,
+        args: tuple[str, ...] = (),
+        config_file: Path | None = None,
+    ) -> None:
         self.binary = require_redis_server()
+        self.config_file = config_file
         self.port = free_port()
         self.password = password
         self.args = args
@@ -60,8 +67,10 @@ class RedisServer:
     def start(self) -> RedisServer:
         if self.process is not None and self.process.poll() is None:
             return self
+        # A config file comes first: the command line after it overrides port, bind and dir.
         command = [
             self.binary,
+            *([str(self.config_file)] if self.config_file else []),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",

@@ -2,5 +2,6 @@
 
 from adapters.redis.cache import RedisCache
 from adapters.redis.connection import connect
+from adapters.redis.pubsub import RedisPubSub
 
-__all__ = ["RedisCache", "connect"]
+__all__ = ["RedisCache", "RedisPubSub", "connect"]

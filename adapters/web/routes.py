@@ -9,11 +9,14 @@ import anyio
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from adapters.web.auth import require_api_key, require_session, services
 from adapters.web.http import check_json, json_response, read_body, read_json, require_json
-from ondoki.errors import InvalidInput, OndokiError
+from adapters.web.ws import websocket_endpoint
+from ondoki.errors import InvalidInput, NotFound, OndokiError
+from ondoki.models import JobRecord
+from ondoki.sessions import session_id
 
 READY_TIMEOUT = 2.0
 
@@ -26,6 +29,13 @@ class CreateSession(msgspec.Struct, forbid_unknown_fields=True):
     user_id: str
     data: dict[str, Any] | None = None
     ttl_seconds: float | None = None
+
+
+class PublishNotification(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: str
+    type: str
+    data: Any = None
+    id: str | None = None
 
 
 async def healthz(request: Request) -> Response:
@@ -65,7 +75,10 @@ async def create_session(request: Request) -> Response:
 async def my_session(request: Request) -> Response:
     token, session, expires_at = await require_session(request)
     if request.method == "DELETE":
-        await services(request).sessions.end(token)
+        found = services(request)
+        await found.sessions.end(token)
+        # Close this session's sockets on every instance, not just this one.
+        await found.notifications.end_session(session.user_id, session_id(token))
         return Response(status_code=204)
     return json_response(
         {
@@ -75,6 +88,44 @@ async def my_session(request: Request) -> Response:
             "expires_at": _time(expires_at),
         }
     )
+
+
+async def publish_notification(request: Request) -> Response:
+    require_api_key(request)
+    found = services(request)
+    body = await read_json(request, PublishNotification, limit=found.settings.max_json_body_bytes)
+    position = await found.notifications.publish(body.user_id, body.type, body.data, id=body.id)
+    return json_response({"epoch": position.epoch, "offset": position.offset}, 202)
+
+
+async def _owned_job(request: Request) -> JobRecord:
+    _, session, _ = await require_session(request)
+    record = await services(request).jobs.get(request.path_params["job_id"])
+    if record.owner != session.user_id:
+        # Not 403: whether someone else's job exists is not this caller's business.
+        raise NotFound("no such job")
+    return record
+
+
+async def job(request: Request) -> Response:
+    record = await _owned_job(request)
+    if request.method == "DELETE":
+        record = await services(request).jobs.cancel(record.id)
+    return json_response(record)
+
+
+async def dead_jobs(request: Request) -> Response:
+    require_api_key(request)
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise InvalidInput("limit must be an integer from 1 to 1000")
+    return json_response({"jobs": await services(request).jobs.dead(limit=int(raw))})
+
+
+async def retry_job(request: Request) -> Response:
+    require_api_key(request)
+    record = await services(request).jobs.retry(request.path_params["job_id"])
+    return json_response(record, 202)
 
 
 def _ttl_param(request: Request) -> float | None:
@@ -110,4 +161,9 @@ routes = [
     Route("/internal/sessions", create_session, methods=["POST"]),
     Route("/sessions/me", my_session, methods=["GET", "DELETE"]),
     Route("/state/{key}", state, methods=["GET", "PUT", "DELETE"]),
+    Route("/internal/notifications", publish_notification, methods=["POST"]),
+    Route("/jobs/{job_id}", job, methods=["GET", "DELETE"]),
+    Route("/internal/jobs/dead", dead_jobs, methods=["GET"]),
+    Route("/internal/jobs/{job_id}/retry", retry_job, methods=["POST"]),
+    WebSocketRoute("/ws", websocket_endpoint),
 ]

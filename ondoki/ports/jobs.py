@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ondoki.models import JobRecord
@@ -28,6 +28,11 @@ class JobContext(Protocol):
 #: `RetryableJobError` for failures worth another attempt; any other exception is final.
 JobHandler = Callable[[JobContext, dict[str, Any]], Any]
 
+#: Told about every change of a job's record (state, stage, progress), on the event loop,
+#: after the change is stored; the service publishes `job.*` notifications with it. A
+#: failing callback is logged and never fails the job.
+JobNotify = Callable[[JobRecord], Awaitable[None]]
+
 
 class JobQueue(Protocol):
     """Enqueue jobs by kind, onto named queues, and follow them through their records.
@@ -41,7 +46,9 @@ class JobQueue(Protocol):
     - Delivery is at least once: a worker that dies mid-job leads to another attempt, and a
       job that kills its worker every time ends `dead` after `max_attempts`.
     - A job is never run by two workers at the same time.
-    - The same `idempotency_key` returns the existing job's id instead of a second job.
+    - The same `idempotency_key` (scoped per owner and kind) returns the existing job's id
+      instead of a second job, also when two enqueues race; the key is remembered for the
+      record TTL.
     - Records of finished jobs expire after the adapter's record TTL.
     - Backend failures raise `JobQueueError`; unknown ids raise `NotFound`; an operation the
       job's state does not allow raises `JobStateError`.
@@ -52,11 +59,13 @@ class JobQueue(Protocol):
         kind: str,
         payload: dict[str, Any],
         *,
-        queue: str = "celery",
+        queue: str | None = None,
         owner: str | None = None,
         idempotency_key: str | None = None,
     ) -> str:
-        """Queue a job of a registered `kind`; return its id."""
+        """Queue a job of a registered `kind` on `queue` (default: the kind's queue); return
+        its id. An unknown kind or queue, or a payload that is not JSON-able, raises
+        `InvalidInput`."""
         ...
 
     async def get(self, job_id: str) -> JobRecord:
@@ -64,7 +73,10 @@ class JobQueue(Protocol):
         ...
 
     async def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued or running job; a finished one is returned unchanged."""
+        """Cancel a queued or running job; a finished one is returned unchanged.
+
+        The record says `cancelled` at once; a running handler stops at its next checkpoint
+        and whatever it returns after that is discarded."""
         ...
 
     async def dead(self, *, limit: int = 100) -> list[JobRecord]:
@@ -72,7 +84,7 @@ class JobQueue(Protocol):
         ...
 
     async def retry(self, job_id: str) -> JobRecord:
-        """Queue a dead job again with a fresh set of attempts."""
+        """Queue a dead job again with a fresh set of attempts; `JobStateError` if not dead."""
         ...
 
     async def ping(self) -> None:

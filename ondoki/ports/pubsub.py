@@ -6,6 +6,9 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+import anyio
+from anyio.abc import TaskStatus
+
 from ondoki.models import Delivery, Position
 
 
@@ -30,13 +33,29 @@ class PubSub(Protocol):
     - When history cannot cover what came after `since` (trimmed, expired, or the epoch
       changed because history was lost), the first delivery is a `Gap` naming the position
       to continue from, never a silent hole. The same holds after a backend outage that a
-      subscription could not repair.
+      subscription could not repair. When the epoch changed, the `Gap` names offset 0 of
+      the new epoch and is followed by every message history holds from that epoch's start
+      (none is lost between the loss and the subscriber noticing it); when that start is
+      already trimmed, the `Gap` names the latest position.
     - `publish` with an `idempotency_key` already used on that channel (within the history's
       age) stores and delivers nothing and returns the first message's position.
     - A subscriber that does not consume is the caller's concern (the notification hub
-      bounds it); adapters must not block publishers on it.
+      bounds it); adapters must not block publishers on it. Each subscription buffers a
+      bounded number of messages; past that it drops its buffer and later refills from
+      history, so a slow subscriber loses nothing that history still holds.
+    - Background work (Redis: the one pub/sub connection per instance) runs in `run`, which
+      the composition root starts in its task group; `subscribe` needs it running.
     - Backend failures raise `ondoki.errors.PubSubError`.
     """
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Do the adapter's background work until cancelled or `aclose`d.
+
+        Start it with `await task_group.start(pubsub.run)`: it reports started at once and
+        connects (and reconnects) in the background. `subscribe` raises `PubSubError` while
+        it is not running; open subscriptions end when it stops.
+        """
+        ...
 
     async def publish(
         self, channel: str, payload: bytes, *, idempotency_key: str | None = None
@@ -47,11 +66,21 @@ class PubSub(Protocol):
     def subscribe(
         self, channel: str, *, since: Position | None = None
     ) -> AbstractAsyncContextManager[Subscription]:
-        """Open a subscription; closing the context manager unsubscribes."""
+        """Open a subscription; closing the context manager unsubscribes.
+
+        Entering returns once the subscription is live (raises `PubSubError` if the backend
+        cannot be reached); iteration ends when the adapter is closed or stops running.
+        `since` with a negative offset raises `InvalidInput`.
+        """
         ...
 
     async def position(self, channel: str) -> Position:
-        """The position of the channel's latest message (offset 0 when it has none)."""
+        """The position of the channel's latest message (offset 0 when it has none).
+
+        A channel without state (never published to, or expired) gets its epoch here, so a
+        client that starts from this position later resumes without a `Gap` as long as the
+        channel's history lives.
+        """
         ...
 
     async def ping(self) -> None:

@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
-from tests.e2e.process import ServeProcess, clean_env
+from tests.e2e.conftest import Start
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
 API_KEY = "e2e-api-key-0123456789abcdef"
-
-Start = Callable[..., ServeProcess]
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Start]:
-    started: list[ServeProcess] = []
-
-    def start(*args: str, **env: str) -> ServeProcess:
-        process = ServeProcess(tmp_path, clean_env(**env), *args)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def login(base: str, api_key: str, user_id: str) -> dict[str, str]:

@@ -150,3 +150,43 @@ def test_env_names() -> None:
     assert env_name("redis_url") == "REDIS_URL"
     assert env_name("broker_url") == "CELERY_BROKER_URL"
     assert env_name("media_dir") == "ONDOKI_MEDIA_DIR"
+
+
+PROD = {"ONDOKI_ENV": "production", "ONDOKI_API_KEY": "prod-key-0123456789"}
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable", "says"),
+    [
+        (
+            {"ONDOKI_ENV": "production", "REDIS_URL": "redis://:pw@r/0"},
+            "ONDOKI_API_KEY",
+            "required",
+        ),
+        (PROD, "REDIS_URL", "in-memory"),
+        ({**PROD, "REDIS_URL": "redis://r/0"}, "REDIS_URL", "no password"),
+        (
+            {**PROD, "REDIS_URL": "redis://:pw@r/0", "CELERY_BROKER_URL": "redis://b/1"},
+            "CELERY_BROKER_URL",
+            "no password",
+        ),
+    ],
+)
+def test_production_refusals(environ: dict[str, str], variable: str, says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    assert caught.value.variable == variable
+    assert says in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"REDIS_URL": "redis://:pw@r/0"},
+        {"REDIS_URL": "redis://user:pw@r/0"},
+        {"REDIS_URL": "unix:///run/redis.sock?password=pw"},
+        {"REDIS_URL": "redis://r/0", "ONDOKI_ALLOW_PASSWORDLESS_REDIS": "true"},
+    ],
+)
+def test_production_accepts(extra: dict[str, str]) -> None:
+    assert load_settings({**PROD, **extra}).env == "production"

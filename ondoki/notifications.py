@@ -1,0 +1,431 @@
+"""Notifications: publish per-user events, and serve them to connected clients.
+
+The wire protocol (DESIGN section 7) lives here, independent of the transport: the web
+adapter hands `NotificationHub.serve` a `ClientConnection` for each accepted WebSocket.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import msgspec
+
+from ondoki import validation
+from ondoki.errors import InvalidInput, OndokiError, TooLarge
+from ondoki.models import Gap, JobRecord, Message, Position
+from ondoki.ports.pubsub import PubSub, Subscription
+
+log = logging.getLogger("ondoki.notifications")
+
+_FRAME_CACHE_BYTES = 1024 * 1024
+_EVENT_TYPE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+# -- what is stored in a user's channel ---------------------------------------------------
+
+
+class Event(msgspec.Struct, tag="event", tag_field="kind"):
+    """A notification for the user's clients."""
+
+    type: str
+    data: Any = None
+
+
+class EndSession(msgspec.Struct, tag="end_session", tag_field="kind"):
+    """Close the sockets of one session (logout); never shown to clients."""
+
+    session: str
+
+
+Envelope = Event | EndSession
+_encode = msgspec.json.Encoder().encode
+_decode_envelope = msgspec.json.Decoder(Envelope).decode
+
+
+# -- the wire protocol ---------------------------------------------------------------------
+
+
+class _Notification(msgspec.Struct, tag="notification"):
+    epoch: str
+    offset: int
+    event: msgspec.Raw
+
+
+class _Resync(msgspec.Struct, tag="resync"):
+    epoch: str
+    offset: int
+
+
+class _Ping(msgspec.Struct, tag="ping"):
+    pass
+
+
+class _Error(msgspec.Struct, tag="error"):
+    code: str
+    message: str
+
+
+class Resume(msgspec.Struct, tag="resume", forbid_unknown_fields=True):
+    epoch: str
+    offset: Any  # checked by hand, to answer a wrong type with a clear error
+
+
+class Pong(msgspec.Struct, tag="pong"):
+    pass
+
+
+_decode_client = msgspec.json.Decoder(Resume | Pong).decode
+PING = _encode(_Ping()).decode()
+
+
+class CloseCode:
+    """WebSocket close codes the server uses."""
+
+    NORMAL = 1000
+    POLICY = 1008  # authentication failed (before or after accept)
+    TOO_BIG = 1009
+    INTERNAL = 1011
+    RESTART = 1012  # the server is shutting down: reconnect elsewhere and resume
+    PONG_TIMEOUT = 4000
+    SESSION_ENDED = 4001
+    SLOW_CLIENT = 4008  # could not keep up: reconnect and resume from the last offset
+
+
+class ClientConnection(Protocol):
+    """A connected, authenticated client (the web adapter wraps a WebSocket in this)."""
+
+    async def send(self, text: str) -> None: ...
+
+    async def receive(self) -> str | None:
+        """The next text message; None when the client has gone."""
+        ...
+
+    async def close(self, code: int, reason: str = "") -> None: ...
+
+
+@dataclass
+class HubStats:
+    connections: int = 0
+    delivered: int = 0
+    slow_closes: int = 0
+    resyncs: int = 0
+
+
+class _Close(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class NotificationHub:
+    """Publishes events to users' channels and serves each connected client.
+
+    Every client gets a bounded queue of frames: a client that cannot keep up is closed with
+    4008 (and resumes from its last offset) instead of slowing anyone else or growing memory.
+    """
+
+    def __init__(
+        self,
+        pubsub: PubSub,
+        *,
+        queue_size: int = 256,
+        max_event_bytes: int = 64 * 1024,
+        ping_interval: float = 25.0,
+        ping_timeout: float = 10.0,
+        resume_wait: float = 0.5,
+    ) -> None:
+        self.pubsub = pubsub
+        self.queue_size = queue_size
+        self.max_event_bytes = max_event_bytes
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.resume_wait = resume_wait
+        self.stats = HubStats()
+        self._closing = anyio.Event()
+        # The same message reaches many local clients: encode its frame once.
+        self._frames: OrderedDict[tuple[str, str, int], str] = OrderedDict()
+        self._frame_bytes = 0
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(
+        self, user_id: str, type: str, data: Any = None, *, id: str | None = None
+    ) -> Position:
+        """Publish an event to every client of `user_id`; `id` makes it idempotent."""
+        validation.user_id(user_id)
+        if not _EVENT_TYPE.fullmatch(type):
+            raise InvalidInput("type must be 1-64 characters of letters, digits and . _ -")
+        if id is not None and not 1 <= len(id) <= 128:
+            raise InvalidInput("id must be 1-128 characters")
+        payload = _encode(Event(type=type, data=data))
+        if len(payload) > self.max_event_bytes:
+            raise TooLarge(f"event is {len(payload)} bytes; the limit is {self.max_event_bytes}")
+        return await self.pubsub.publish(user_id, payload, idempotency_key=id)
+
+    async def end_session(self, user_id: str, session: str) -> None:
+        """Close that session's clients on every instance (after logout)."""
+        await self.pubsub.publish(user_id, _encode(EndSession(session=session)))
+
+    def close_all(self) -> None:
+        """Close every client with 1012 (shutdown); new clients are refused from now on."""
+        self._closing.set()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
+    # -- serving a client ------------------------------------------------------------------
+
+    async def serve(
+        self,
+        client: ClientConnection,
+        user_id: str,
+        session: str,
+        *,
+        session_valid: Callable[[], Awaitable[bool]] | None = None,
+    ) -> int:
+        """Serve one connected client until it leaves or is closed; the close code."""
+        if self.closing:
+            await client.close(CloseCode.RESTART, "server shutting down")
+            return CloseCode.RESTART
+        self.stats.connections += 1
+        try:
+            code, reason = await self._serve(client, user_id, session, session_valid)
+        finally:
+            self.stats.connections -= 1
+        if code != CloseCode.NORMAL or reason:
+            # A stalled client may not read its close frame either: do not wait on it.
+            with anyio.move_on_after(2):
+                await client.close(code, reason)
+        return code
+
+    async def _serve(
+        self,
+        client: ClientConnection,
+        user_id: str,
+        session: str,
+        session_valid: Callable[[], Awaitable[bool]] | None,
+    ) -> tuple[int, str]:
+        # Anchor at the current position: whatever is published from now on is replayed from
+        # history even if the live subscription starts after the client's first message.
+        start = await self.pubsub.position(user_id)
+        since = start
+        pending: str | None = None
+        with anyio.move_on_after(self.resume_wait):
+            pending = await client.receive()
+            if pending is None:
+                return CloseCode.NORMAL, ""
+        if pending is not None:
+            since, error = self._parse_first(pending, start)
+            if error is not None:
+                await client.send(error)
+
+        send, receive = anyio.create_memory_object_stream[str](self.queue_size)
+        resumes_in, resumes_out = anyio.create_memory_object_stream[Position](1)
+        pongs = _PongClock()
+        closed: list[tuple[int, str]] = []
+
+        async def close(code: int, reason: str) -> None:
+            closed.append((code, reason))
+            tasks.cancel_scope.cancel()
+
+        def enqueue(frame: str) -> None:
+            try:
+                send.send_nowait(frame)
+            except anyio.WouldBlock:
+                raise _Close(
+                    CloseCode.SLOW_CLIENT, "too slow: resume from your last offset"
+                ) from None
+
+        async def guarded(task: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await task()
+            except _Close as exc:
+                if exc.code == CloseCode.SLOW_CLIENT:
+                    self.stats.slow_closes += 1
+                await close(exc.code, exc.reason)
+            except OndokiError as exc:
+                log.warning("closing a client of %s: %s", user_id, exc)
+                await close(CloseCode.INTERNAL, "backend unavailable; reconnect and resume")
+
+        async def pump() -> None:
+            position = since
+            while True:
+                async with (
+                    self.pubsub.subscribe(user_id, since=position) as subscription,
+                    anyio.create_task_group() as inner,
+                ):
+
+                    async def forward(subscription: Subscription = subscription) -> None:
+                        async for delivery in subscription:
+                            self._forward(delivery, session, enqueue)
+
+                    inner.start_soon(guarded, forward)
+                    position = await resumes_out.receive()
+                    inner.cancel_scope.cancel()
+
+        async def writer() -> None:
+            async for frame in receive:
+                await client.send(frame)
+                self.stats.delivered += 1
+
+        async def reader() -> None:
+            while True:
+                text = await client.receive()
+                if text is None:
+                    await close(CloseCode.NORMAL, "")
+                    return
+                message, error = _parse(text)
+                if error is not None:
+                    enqueue(error)
+                elif isinstance(message, Pong):
+                    pongs.answered()
+                elif isinstance(message, Resume):
+                    # A late resume restarts the stream from there: it may repeat offsets the
+                    # client already has (resume first to avoid that; see README).
+                    await resumes_in.send(Position(message.epoch, message.offset))
+
+        async def pinger() -> None:
+            while True:
+                await anyio.sleep(self.ping_interval)
+                if session_valid is not None and not await session_valid():
+                    raise _Close(CloseCode.SESSION_ENDED, "session ended")
+                pongs.pinged(anyio.current_time())
+                enqueue(PING)
+                await anyio.sleep(self.ping_timeout)
+                if pongs.overdue(anyio.current_time(), self.ping_timeout):
+                    raise _Close(CloseCode.PONG_TIMEOUT, "no pong")
+
+        async def shutdown() -> None:
+            await self._closing.wait()
+            raise _Close(CloseCode.RESTART, "server shutting down")
+
+        async with send, receive, resumes_in, resumes_out, anyio.create_task_group() as tasks:
+            tasks.start_soon(guarded, pump)
+            tasks.start_soon(guarded, writer)
+            tasks.start_soon(guarded, reader)
+            tasks.start_soon(guarded, pinger)
+            tasks.start_soon(guarded, shutdown)
+        return closed[0] if closed else (CloseCode.NORMAL, "")
+
+    def _parse_first(self, text: str, start: Position) -> tuple[Position, str | None]:
+        message, error = _parse(text)
+        if isinstance(message, Resume):
+            return Position(message.epoch, message.offset), None
+        return start, error
+
+    def _forward(
+        self, delivery: Message | Gap, session: str, enqueue: Callable[[str], None]
+    ) -> None:
+        if isinstance(delivery, Gap):
+            self.stats.resyncs += 1
+            position = delivery.position
+            enqueue(_encode(_Resync(position.epoch, position.offset)).decode())
+            return
+        frame = self._frame(delivery, session)
+        if frame is not None:
+            enqueue(frame)
+
+    def _frame(self, message: Message, session: str) -> str | None:
+        key = (message.channel, message.position.epoch, message.position.offset)
+        frame = self._frames.get(key)
+        if frame is not None:
+            return frame
+        try:
+            envelope = _decode_envelope(message.payload)
+        except msgspec.DecodeError:
+            log.warning("dropping an undecodable message on %s at %s", message.channel, key[1:])
+            return None
+        if isinstance(envelope, EndSession):
+            if envelope.session == session:
+                raise _Close(CloseCode.SESSION_ENDED, "session ended")
+            return None
+        event = msgspec.Raw(_encode({"type": envelope.type, "data": envelope.data}))
+        frame = _encode(_Notification(key[1], key[2], event)).decode()
+        self._frames[key] = frame
+        self._frame_bytes += len(frame)
+        # Fan-out reads a frame within moments of its first encoding: a small cache, bounded
+        # in bytes, serves it; large events must not pin megabytes here.
+        while self._frame_bytes > _FRAME_CACHE_BYTES or len(self._frames) > 256:
+            _, dropped = self._frames.popitem(last=False)
+            self._frame_bytes -= len(dropped)
+        return frame
+
+
+class _PongClock:
+    """When the oldest unanswered ping was sent (None when every ping was answered)."""
+
+    def __init__(self) -> None:
+        self.waiting_since: float | None = None
+
+    def pinged(self, now: float) -> None:
+        if self.waiting_since is None:
+            self.waiting_since = now
+
+    def answered(self) -> None:
+        self.waiting_since = None
+
+    def overdue(self, now: float, timeout: float) -> bool:
+        return self.waiting_since is not None and now - self.waiting_since >= timeout
+
+
+def _parse(text: str) -> tuple[Resume | Pong | None, str | None]:
+    """A client message, or the error frame that answers it."""
+    try:
+        message = _decode_client(text)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return None, _encode(_Error("bad_message", f"unreadable message: {exc}")).decode()
+    if isinstance(message, Resume) and (
+        not isinstance(message.offset, int)
+        or isinstance(message.offset, bool)
+        or message.offset < 0
+    ):
+        return None, _encode(
+            _Error("bad_message", "resume offset must be an integer >= 0")
+        ).decode()
+    return message, None
+
+
+# -- job progress as notifications ------------------------------------------------------------
+
+_JOB_EVENTS = {
+    "running": "job.progress",
+    "succeeded": "job.succeeded",
+    "failed": "job.failed",
+    "dead": "job.dead",
+    "cancelled": "job.cancelled",
+}
+
+
+def job_notifier(hub: NotificationHub) -> Callable[[JobRecord], Awaitable[None]]:
+    """The JobQueue's `notify` callback: each change of a job reaches its owner's clients as
+    `job.progress`, `job.succeeded`, `job.failed`, `job.dead` or `job.cancelled`."""
+
+    async def notify(record: JobRecord) -> None:
+        event = _JOB_EVENTS.get(record.state)
+        if record.owner is None or event is None:
+            return  # `queued` is what the client saw when it enqueued; nothing to add
+        data: dict[str, Any] = {
+            "job_id": record.id,
+            "kind": record.kind,
+            "state": record.state,
+            "stage": record.stage,
+            "progress": record.progress,
+            "attempts": record.attempts,
+        }
+        if record.state == "succeeded":
+            data["result"] = record.result
+        if record.error is not None:
+            data["error"] = record.error
+        # Final events are idempotent: a redelivered job must not announce its end twice.
+        key = None if event == "job.progress" else f"{record.id}:{record.state}:{record.attempts}"
+        await hub.publish(record.owner, event, data, id=key)
+
+    return notify

@@ -1,0 +1,459 @@
+"""The PubSub port's contract, run against every adapter (see conftest.py)."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from ondoki.errors import InvalidInput, PubSubError
+from ondoki.models import Delivery, Gap, Message, Position
+from ondoki.ports.pubsub import Subscription
+from tests.contract.conftest import InspectablePubSub, PubSubFactory
+
+pytestmark = pytest.mark.anyio
+
+
+async def take(subscription: Subscription, count: int, *, within: float = 5.0) -> list[Delivery]:
+    """The next `count` deliveries; fails the test if they do not come in time."""
+    got: list[Delivery] = []
+    if count == 0:
+        return got
+    with anyio.fail_after(within):
+        async for delivery in subscription:
+            got.append(delivery)
+            if len(got) == count:
+                break
+    return got
+
+
+async def quiet(subscription: Subscription, *, within: float = 0.2) -> bool:
+    """True when nothing is delivered for `within` seconds."""
+    with anyio.move_on_after(within):
+        async for delivery in subscription:
+            pytest.fail(f"unexpected delivery {delivery!r}")
+    return True
+
+
+def payloads(deliveries: list[Delivery]) -> list[bytes]:
+    assert all(isinstance(d, Message) for d in deliveries), deliveries
+    return [d.payload for d in deliveries if isinstance(d, Message)]
+
+
+def numbered(first: int, last: int) -> list[bytes]:
+    return [b"m%d" % n for n in range(first, last + 1)]
+
+
+async def publish_numbered(
+    pubsub: InspectablePubSub, channel: str, first: int, last: int
+) -> list[Position]:
+    return [await pubsub.publish(channel, payload) for payload in numbered(first, last)]
+
+
+# -- positions -----------------------------------------------------------------------------
+
+
+async def test_offsets_increase_by_one_in_one_epoch(pubsub: InspectablePubSub) -> None:
+    positions = await publish_numbered(pubsub, "user-1", 1, 5)
+    assert [p.offset for p in positions] == [1, 2, 3, 4, 5]
+    assert len({p.epoch for p in positions}) == 1
+    assert positions[0].epoch != ""
+    assert await pubsub.position("user-1") == positions[-1]
+
+
+async def test_position_of_a_new_channel_starts_its_epoch(pubsub: InspectablePubSub) -> None:
+    start = await pubsub.position("fresh")
+    assert start.offset == 0 and start.epoch != ""
+    assert await pubsub.position("fresh") == start
+    first = await pubsub.publish("fresh", b"hello")
+    assert first == Position(start.epoch, 1)
+    # A client that took the position before anything was published resumes without a Gap.
+    async with pubsub.subscribe("fresh", since=start) as subscription:
+        [message] = await take(subscription, 1)
+    assert message == Message("fresh", first, b"hello")
+
+
+# -- live delivery -------------------------------------------------------------------------
+
+
+async def test_live_messages_arrive_in_order_with_their_positions(
+    pubsub: InspectablePubSub,
+) -> None:
+    async with pubsub.subscribe("live") as subscription:
+        positions = await publish_numbered(pubsub, "live", 1, 20)
+        got = await take(subscription, 20)
+    assert got == [
+        Message("live", position, payload)
+        for position, payload in zip(positions, numbered(1, 20), strict=True)
+    ]
+
+
+async def test_every_subscriber_gets_every_message(pubsub: InspectablePubSub) -> None:
+    async with (
+        pubsub.subscribe("shared") as first,
+        pubsub.subscribe("shared") as second,
+    ):
+        assert pubsub.local_subscribers("shared") == 2
+        await publish_numbered(pubsub, "shared", 1, 10)
+        assert payloads(await take(first, 10)) == numbered(1, 10)
+        assert payloads(await take(second, 10)) == numbered(1, 10)
+
+
+async def test_channels_are_isolated(pubsub: InspectablePubSub) -> None:
+    async with pubsub.subscribe("alice") as alice, pubsub.subscribe("bob") as bob:
+        await pubsub.publish("alice", b"for alice")
+        await pubsub.publish("bob", b"for bob")
+        await pubsub.publish("alice:suffix", b"for nobody here")
+        assert payloads(await take(alice, 1)) == [b"for alice"]
+        assert payloads(await take(bob, 1)) == [b"for bob"]
+        assert await quiet(alice)
+        assert await quiet(bob)
+    alice_offset = (await pubsub.position("alice")).offset
+    assert alice_offset == 1
+
+
+async def test_without_since_only_later_messages_arrive(pubsub: InspectablePubSub) -> None:
+    await publish_numbered(pubsub, "later", 1, 3)
+    async with pubsub.subscribe("later") as subscription:
+        fourth = await pubsub.publish("later", b"m4")
+        [message] = await take(subscription, 1)
+        assert message == Message("later", fourth, b"m4")
+        assert await quiet(subscription)
+
+
+async def test_payload_bytes_round_trip_exactly(pubsub: InspectablePubSub) -> None:
+    samples = [b"", bytes(range(256)), b"\x00" * 3, "ünïcode ✓".encode(), bytes(100_000)]
+    async with pubsub.subscribe("bytes") as subscription:
+        positions = [await pubsub.publish("bytes", sample) for sample in samples]
+        assert payloads(await take(subscription, len(samples))) == samples
+    before = Position(positions[0].epoch, 0)
+    async with pubsub.subscribe("bytes", since=before) as replay:
+        assert payloads(await take(replay, len(samples))) == samples
+
+
+# -- resuming ------------------------------------------------------------------------------
+
+
+async def test_resume_replays_what_was_missed_then_continues_live(
+    pubsub: InspectablePubSub,
+) -> None:
+    positions = await publish_numbered(pubsub, "resume", 1, 4)
+    async with pubsub.subscribe("resume", since=positions[1]) as subscription:
+        replayed = await take(subscription, 2)
+        assert replayed == [
+            Message("resume", positions[2], b"m3"),
+            Message("resume", positions[3], b"m4"),
+        ]
+        await publish_numbered(pubsub, "resume", 5, 6)
+        assert payloads(await take(subscription, 2)) == numbered(5, 6)
+        assert await quiet(subscription)
+
+
+async def test_resume_at_the_latest_position_waits_for_new_messages(
+    pubsub: InspectablePubSub,
+) -> None:
+    positions = await publish_numbered(pubsub, "caught-up", 1, 3)
+    async with pubsub.subscribe("caught-up", since=positions[-1]) as subscription:
+        assert await quiet(subscription)
+        await pubsub.publish("caught-up", b"m4")
+        assert payloads(await take(subscription, 1)) == [b"m4"]
+
+
+async def test_resume_seam_has_no_gap_and_no_duplicate_while_publishing(
+    make_pubsub: PubSubFactory,
+) -> None:
+    total, starts = 240, range(0, 240, 30)
+    async with make_pubsub(history_size=1000) as pubsub:
+        published: list[Position] = []
+        reached = {start: anyio.Event() for start in starts}
+        received: dict[int, list[Delivery]] = {}
+
+        async def publisher() -> None:
+            for n in range(1, total + 1):
+                position = await pubsub.publish("seam", b"m%d" % n)
+                published.append(position)
+                if n - 1 in reached:
+                    reached[n - 1].set()
+
+        async def resumer(start: int) -> None:
+            # Each subscriber resumes from a different point while messages keep coming, so
+            # the history read and the live stream overlap differently each time.
+            with anyio.fail_after(10):
+                await reached[start].wait()
+            async with pubsub.subscribe("seam", since=published[start]) as subscription:
+                received[start] = await take(subscription, total - start - 1, within=10)
+                assert await quiet(subscription, within=0.05)
+
+        async with anyio.create_task_group() as tasks:
+            for start in starts:
+                tasks.start_soon(resumer, start)
+            tasks.start_soon(publisher)
+
+    for start in starts:
+        assert payloads(received[start]) == numbered(start + 2, total), start
+
+
+async def test_trimmed_history_gives_a_gap_then_live(make_pubsub: PubSubFactory) -> None:
+    async with make_pubsub(history_size=5) as pubsub:
+        positions = await publish_numbered(pubsub, "trim", 1, 10)
+        async with pubsub.subscribe("trim", since=positions[1]) as subscription:
+            [gap] = await take(subscription, 1)
+            assert isinstance(gap, Gap)
+            assert gap.channel == "trim"
+            assert gap.position == positions[-1]
+            assert "offset 3" in gap.reason
+            await pubsub.publish("trim", b"m11")
+            assert payloads(await take(subscription, 1)) == [b"m11"]
+        # The oldest offset history still holds is replayed without a gap.
+        async with pubsub.subscribe("trim", since=positions[5]) as subscription:
+            assert payloads(await take(subscription, 5)) == numbered(7, 11)
+
+
+async def test_unknown_epoch_gives_a_gap_then_the_new_epoch_then_live(
+    pubsub: InspectablePubSub,
+) -> None:
+    positions = await publish_numbered(pubsub, "epochs", 1, 3)
+    async with pubsub.subscribe("epochs", since=Position("not-an-epoch", 2)) as subscription:
+        [gap] = await take(subscription, 1)
+        assert isinstance(gap, Gap)
+        assert gap.position == Position(positions[0].epoch, 0)
+        assert "epoch" in gap.reason
+        # Everything the current epoch holds from its start follows the gap.
+        assert payloads(await take(subscription, 3)) == numbered(1, 3)
+        await pubsub.publish("epochs", b"m4")
+        [message] = await take(subscription, 1)
+        assert message == Message("epochs", Position(positions[0].epoch, 4), b"m4")
+
+
+async def test_offset_from_the_future_gives_a_gap(pubsub: InspectablePubSub) -> None:
+    positions = await publish_numbered(pubsub, "future", 1, 2)
+    ahead = Position(positions[0].epoch, 7)
+    async with pubsub.subscribe("future", since=ahead) as subscription:
+        [gap] = await take(subscription, 1)
+        assert isinstance(gap, Gap)
+        assert gap.position == positions[-1]
+        assert "ahead" in gap.reason
+        await pubsub.publish("future", b"m3")
+        assert payloads(await take(subscription, 1)) == [b"m3"]
+
+
+async def test_negative_offset_is_refused(pubsub: InspectablePubSub) -> None:
+    epoch = (await pubsub.position("neg")).epoch
+    with pytest.raises(InvalidInput):
+        async with pubsub.subscribe("neg", since=Position(epoch, -1)):
+            pass
+    assert pubsub.local_subscribers("neg") == 0
+
+
+async def test_expired_history_starts_a_new_epoch(make_pubsub: PubSubFactory) -> None:
+    async with make_pubsub(history_ttl=0.3) as pubsub:
+        first = await pubsub.publish("brief", b"old")
+        await anyio.sleep(0.5)
+        second = await pubsub.publish("brief", b"new")
+        assert second.epoch != first.epoch
+        assert second.offset == 1
+        async with pubsub.subscribe("brief", since=first) as subscription:
+            gap, message = await take(subscription, 2)
+            assert isinstance(gap, Gap)
+            assert gap.position == Position(second.epoch, 0)
+            assert message == Message("brief", second, b"new")
+
+
+async def test_history_lives_while_publishing_continues(make_pubsub: PubSubFactory) -> None:
+    async with make_pubsub(history_ttl=0.4) as pubsub:
+        first = await pubsub.publish("busy", b"m1")
+        for _ in range(4):
+            await anyio.sleep(0.15)
+            latest = await pubsub.publish("busy", b"more")
+            # Each publish extends the channel's life: it is 0.6 s old by now, one epoch.
+            assert latest.epoch == first.epoch
+
+
+async def test_subscriber_sees_a_new_epoch_after_expiry_without_a_gap(
+    make_pubsub: PubSubFactory,
+) -> None:
+    async with (
+        make_pubsub(history_ttl=0.3) as pubsub,
+        pubsub.subscribe("renewed") as subscription,
+    ):
+        old = await pubsub.publish("renewed", b"old")
+        await anyio.sleep(0.5)
+        new = await pubsub.publish("renewed", b"new")
+        # Everything of the old epoch was delivered live; nothing is missing.
+        assert await take(subscription, 2) == [
+            Message("renewed", old, b"old"),
+            Message("renewed", new, b"new"),
+        ]
+
+
+# -- idempotency ---------------------------------------------------------------------------
+
+
+async def test_idempotent_publish_stores_and_delivers_once(pubsub: InspectablePubSub) -> None:
+    async with pubsub.subscribe("idem") as subscription:
+        first = await pubsub.publish("idem", b"once", idempotency_key="k1")
+        again = await pubsub.publish("idem", b"twice?", idempotency_key="k1")
+        assert again == first
+        other = await pubsub.publish("idem", b"other", idempotency_key="k2")
+        assert other.offset == first.offset + 1
+        assert payloads(await take(subscription, 2)) == [b"once", b"other"]
+        assert await quiet(subscription)
+    assert await pubsub.position("idem") == other
+    # Keys are per channel.
+    elsewhere = await pubsub.publish("idem-2", b"once", idempotency_key="k1")
+    assert elsewhere.offset == 1
+
+
+async def test_idempotent_publish_under_concurrency_has_one_winner(
+    pubsub: InspectablePubSub,
+) -> None:
+    positions: list[Position] = []
+
+    async def publish() -> None:
+        positions.append(await pubsub.publish("race", b"x", idempotency_key="same"))
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(10):
+            tasks.start_soon(publish)
+    assert len(set(positions)) == 1
+    assert (await pubsub.position("race")).offset == 1
+
+
+async def test_idempotency_key_expires_with_history(make_pubsub: PubSubFactory) -> None:
+    async with make_pubsub(history_ttl=0.3) as pubsub:
+        first = await pubsub.publish("idem-ttl", b"x", idempotency_key="k")
+        await anyio.sleep(0.5)
+        second = await pubsub.publish("idem-ttl", b"x", idempotency_key="k")
+        assert second != first
+
+
+# -- slow consumers ------------------------------------------------------------------------
+
+
+async def test_slow_consumer_gets_every_message_while_history_covers(
+    make_pubsub: PubSubFactory,
+) -> None:
+    async with (
+        make_pubsub(buffer=4, history_size=50) as pubsub,
+        pubsub.subscribe("slow") as subscription,
+    ):
+        # Far more than the buffer, less than history, without reading; the buffer
+        # overflows several times and still holds some messages at the end.
+        await publish_numbered(pubsub, "slow", 1, 32)
+        await anyio.sleep(0.1)
+        assert payloads(await take(subscription, 32)) == numbered(1, 32)
+        await pubsub.publish("slow", b"m33")
+        assert payloads(await take(subscription, 1)) == [b"m33"]
+        assert await quiet(subscription)
+
+
+async def test_slow_consumer_beyond_history_gets_a_gap(make_pubsub: PubSubFactory) -> None:
+    async with (
+        make_pubsub(buffer=2, history_size=5) as pubsub,
+        pubsub.subscribe("slower") as subscription,
+    ):
+        positions = await publish_numbered(pubsub, "slower", 1, 20)
+        await anyio.sleep(0.1)
+        [gap] = await take(subscription, 1)
+        assert isinstance(gap, Gap)
+        assert gap.position == positions[-1]
+        await pubsub.publish("slower", b"m21")
+        assert payloads(await take(subscription, 1)) == [b"m21"]
+
+
+async def test_slow_consumer_does_not_hold_back_others(make_pubsub: PubSubFactory) -> None:
+    async with (
+        make_pubsub(buffer=2, history_size=100) as pubsub,
+        pubsub.subscribe("mixed") as slow,
+        pubsub.subscribe("mixed") as fast,
+    ):
+        got: list[Delivery] = []
+
+        async def consume() -> None:
+            got.extend(await take(fast, 40))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(consume)
+            with anyio.fail_after(5):
+                await publish_numbered(pubsub, "mixed", 1, 40)
+        assert payloads(got) == numbered(1, 40)
+        assert payloads(await take(slow, 40)) == numbered(1, 40)
+
+
+# -- unsubscribing and closing -------------------------------------------------------------
+
+
+async def test_leaving_the_context_unsubscribes(pubsub: InspectablePubSub) -> None:
+    async with pubsub.subscribe("gone") as subscription:
+        assert pubsub.local_subscribers("gone") == 1
+        await pubsub.publish("gone", b"m1")
+        assert payloads(await take(subscription, 1)) == [b"m1"]
+    assert pubsub.local_subscribers("gone") == 0
+    async with pubsub.subscribe("gone") as witness:
+        await pubsub.publish("gone", b"m2")
+        assert payloads(await take(witness, 1)) == [b"m2"]
+    # The closed subscription got nothing more: it just ends.
+    assert [d async for d in subscription] == []
+    assert pubsub.local_subscribers("gone") == 0
+
+
+async def test_subscribe_and_leave_repeatedly_while_publishing(
+    pubsub: InspectablePubSub,
+) -> None:
+    stop = anyio.Event()
+
+    async def publisher() -> None:
+        while not stop.is_set():
+            await pubsub.publish("churn", b"tick")
+            await anyio.sleep(0.001)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(publisher)
+        for _ in range(30):
+            async with pubsub.subscribe("churn"):
+                await anyio.lowlevel.checkpoint()
+        # After all that churn, a new subscriber is live and gets what comes next.
+        async with pubsub.subscribe("churn") as subscription:
+            [delivery] = await take(subscription, 1)
+            assert isinstance(delivery, Message)
+        stop.set()
+    assert pubsub.local_subscribers("churn") == 0
+
+
+async def test_closing_the_adapter_ends_subscriptions(make_pubsub: PubSubFactory) -> None:
+    async with make_pubsub() as pubsub, pubsub.subscribe("closing") as subscription:
+        await pubsub.aclose()
+        with anyio.fail_after(2):
+            assert [d async for d in subscription] == []
+        with pytest.raises(PubSubError):
+            await pubsub.publish("closing", b"late")
+        with pytest.raises(PubSubError):
+            async with pubsub.subscribe("closing"):
+                pass
+
+
+async def test_subscribe_needs_run(make_pubsub: PubSubFactory) -> None:
+    async with make_pubsub(run=False) as pubsub:
+        # Publishing needs no background work; subscribing does.
+        await pubsub.publish("idle", b"x")
+        with pytest.raises(PubSubError, match="not running"):
+            async with pubsub.subscribe("idle"):
+                pass
+        assert pubsub.local_subscribers("idle") == 0
+
+
+async def test_ping_answers(pubsub: InspectablePubSub) -> None:
+    await pubsub.ping()
+
+
+async def test_unknown_epoch_whose_start_is_trimmed_gives_a_gap_at_the_latest(
+    make_pubsub: PubSubFactory,
+) -> None:
+    async with make_pubsub(history_size=3) as pubsub:
+        positions = await publish_numbered(pubsub, "trimmed-epoch", 1, 6)
+        async with pubsub.subscribe("trimmed-epoch", since=Position("gone", 9)) as subscription:
+            [gap] = await take(subscription, 1)
+            assert isinstance(gap, Gap)
+            assert gap.position == positions[-1]
+            await pubsub.publish("trimmed-epoch", b"m7")
+            assert payloads(await take(subscription, 1)) == [b"m7"]

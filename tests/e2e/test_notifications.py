@@ -1,0 +1,220 @@
+"""Notifications across real `ondoki serve` processes, real Redis, real WebSocket clients."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.e2e.conftest import Start
+from tests.e2e.process import ServeProcess
+from tests.e2e.ws import WsClient, login, publish
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.e2e
+
+KEY = "e2e-api-key-0123456789abcdef"
+
+
+def pair(start: Start, redis: RedisServer, **env: str) -> tuple[ServeProcess, ServeProcess]:
+    a = start(REDIS_URL=redis.url(0), ONDOKI_API_KEY=KEY, **env)
+    b = start(REDIS_URL=redis.url(0), ONDOKI_API_KEY=KEY, **env)
+    return a.wait_ready(), b.wait_ready()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
+def test_single_process_delivery_on_memory_adapters(start: Start, worker_class: str) -> None:
+    server = start("--worker-class", worker_class, ONDOKI_API_KEY=KEY).wait_ready()
+    client = WsClient(server.url, login(server.url, KEY, "alice"), via="subprotocol")
+    assert client.connection.subprotocol == "ondoki.v1"
+    time.sleep(0.7)  # past the resume window
+    for n in range(3):
+        publish(server.url, KEY, "alice", "hello", {"n": n})
+    assert [f["event"]["data"]["n"] for f in client.notifications(3)] == [0, 1, 2]
+    client.close()
+
+
+@pytest.mark.redis
+def test_published_on_a_reaches_clients_on_b_in_order_and_only_theirs(
+    start: Start, redis_server: RedisServer
+) -> None:
+    redis_server.flushall()
+    a, b = pair(start, redis_server)
+    alice = WsClient(b.url, login(a.url, KEY, "alice"))
+    bob = WsClient(b.url, login(b.url, KEY, "bob"))
+    time.sleep(0.7)
+    sent = [publish(a.url, KEY, "alice", "step", {"n": n}) for n in range(50)]
+    publish(a.url, KEY, "bob", "for-bob", {})
+    frames = alice.notifications(50)
+    assert [(f["epoch"], f["offset"]) for f in frames] == sent
+    assert [f["event"]["data"]["n"] for f in frames] == list(range(50))
+    assert bob.recv()["event"]["type"] == "for-bob"  # and nothing of alice's before it
+    alice.close()
+    bob.close()
+
+
+@pytest.mark.redis
+def test_auth_before_accept(start: Start, redis_server: RedisServer) -> None:
+    server = start(REDIS_URL=redis_server.url(0), ONDOKI_API_KEY=KEY).wait_ready()
+    for token, via in [("not-a-session", "header"), ("", "subprotocol"), (KEY, "header")]:
+        with pytest.raises(InvalidStatus) as refused:
+            WsClient(server.url, token, via=via)
+        assert refused.value.response.status_code == 403
+
+
+@pytest.mark.redis
+def test_killed_pubsub_connections_lose_nothing(start: Start, fresh_redis: RedisServer) -> None:
+    a, b = pair(start, fresh_redis)
+    token = login(a.url, KEY, "alice")
+    clients = [WsClient(b.url, token), WsClient(a.url, token)]
+    time.sleep(0.7)
+    total = 300
+    errors: list[str] = []
+
+    def publisher() -> None:
+        for n in range(total):
+            # A publish whose connection was killed is retried with the same id: idempotent.
+            for _ in range(50):
+                try:
+                    response = httpx.post(
+                        f"{a.url}/internal/notifications",
+                        json={"user_id": "alice", "type": "tick", "data": n, "id": f"tick-{n}"},
+                        headers={"Authorization": f"Bearer {KEY}"},
+                        timeout=10,
+                    )
+                except httpx.TransportError as exc:
+                    errors.append(str(exc))
+                    continue
+                if response.status_code == 202:
+                    break
+                errors.append(response.text)
+                time.sleep(0.02)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    with fresh_redis.client() as admin:
+        for _ in range(4):
+            time.sleep(0.3)
+            admin.client_kill_filter(_type="pubsub")
+            admin.client_kill_filter(_type="normal", skipme=True)
+    thread.join(60)
+    for client in clients:
+        data = [f["event"]["data"] for f in client.notifications(total, timeout=20)]
+        assert data == list(range(total))
+        client.close()
+
+
+@pytest.mark.redis
+def test_redis_restart_gives_resync_then_live(start: Start, fresh_redis: RedisServer) -> None:
+    a, b = pair(start, fresh_redis)
+    client = WsClient(b.url, login(a.url, KEY, "alice"))
+    time.sleep(0.7)
+    publish(a.url, KEY, "alice", "before")
+    assert client.recv()["event"]["type"] == "before"
+    fresh_redis.restart()  # no persistence: history and sessions are gone
+    deadline = time.monotonic() + 20
+    while True:
+        response = httpx.post(
+            f"{a.url}/internal/notifications",
+            json={"user_id": "alice", "type": "after", "data": 1},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=10,
+        )
+        if response.status_code == 202:
+            break
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.1)
+    assert client.recv()["type"] == "resync"
+    publish(a.url, KEY, "alice", "after", 2)
+    frames = client.notifications(2)
+    assert [f["event"]["data"] for f in frames] == [1, 2]
+    client.close()
+
+
+@pytest.mark.redis
+def test_reconnect_with_resume_gets_exactly_what_was_missed(
+    start: Start, redis_server: RedisServer
+) -> None:
+    redis_server.flushall()
+    a, b = pair(start, redis_server)
+    token = login(a.url, KEY, "alice")
+    first = WsClient(b.url, token)
+    time.sleep(0.7)
+    for n in range(3):
+        publish(a.url, KEY, "alice", "seen", n)
+    first.notifications(3)
+    assert first.last is not None
+    first.close()
+    missed = [publish(a.url, KEY, "alice", "missed", n) for n in range(5)]
+    again = WsClient(a.url, token, resume=first.last)
+    frames = again.notifications(5)
+    assert [(f["epoch"], f["offset"]) for f in frames] == missed
+    publish(b.url, KEY, "alice", "live")
+    assert again.recv()["event"]["type"] == "live"
+    again.close()
+
+
+@pytest.mark.redis
+def test_stalled_client_is_closed_and_memory_stays_bounded(
+    start: Start, redis_server: RedisServer
+) -> None:
+    redis_server.flushall()
+    a, b = pair(start, redis_server, ONDOKI_WS_QUEUE_SIZE="32")
+    token = login(a.url, KEY, "alice")
+    # max_queue=1: the client library stops reading the socket once one frame is waiting.
+    stalled = WsClient(b.url, token, max_queue=1)
+    healthy = WsClient(b.url, token)
+    time.sleep(0.7)
+    before = rss_kib(b.process.pid)
+    blob = "x" * 32_000
+    for n in range(400):
+        publish(a.url, KEY, "alice", "big", {"n": n, "blob": blob})
+        assert healthy.recv()["event"]["data"]["n"] == n
+    grown_mib = (rss_kib(b.process.pid) - before) / 1024
+    print(f"instance B grew by {grown_mib:.1f} MiB while serving a stalled client")
+    # 400 x 32 kB = 12.5 MiB went to each client; the stalled one may hold at most its
+    # queue (32 frames) plus socket buffers.
+    assert grown_mib < 8, f"instance B grew by {grown_mib:.1f} MiB"
+    assert stalled.close_code(timeout=20) == 4008
+    healthy.close()
+
+
+@pytest.mark.redis
+def test_logout_on_a_closes_the_sessions_socket_on_b(
+    start: Start, redis_server: RedisServer
+) -> None:
+    redis_server.flushall()
+    a, b = pair(start, redis_server)
+    token = login(a.url, KEY, "alice")
+    other = WsClient(b.url, login(a.url, KEY, "alice"))
+    client = WsClient(b.url, token)
+    time.sleep(0.7)
+    response = httpx.delete(f"{a.url}/sessions/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 204
+    assert client.close_code() == 4001
+    publish(a.url, KEY, "alice", "still-there")
+    assert other.recv()["event"]["type"] == "still-there"
+    other.close()
+
+
+def test_shutdown_closes_sockets_with_1012(start: Start) -> None:
+    server = start(ONDOKI_API_KEY=KEY).wait_ready()
+    client = WsClient(server.url, login(server.url, KEY, "alice"))
+    time.sleep(0.7)
+    started = time.monotonic()
+    server.process.terminate()
+    assert client.close_code() == 1012
+    assert server.exit_code() == 0
+    assert time.monotonic() - started < 8

@@ -1,0 +1,100 @@
+"""A real WebSocket client (the `websockets` library) speaking ondoki's protocol."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import httpx2 as httpx
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Subprotocol
+
+
+class WsClient:
+    """One desktop client: connects with a session token, reads frames, resumes."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        via: str = "header",
+        resume: tuple[str, int] | None = None,
+        max_queue: int | None = 16,
+    ) -> None:
+        url = base_url.replace("http://", "ws://") + "/ws"
+        options: dict[str, Any] = {
+            "proxy": None,
+            "open_timeout": 10,
+            "ping_interval": None,
+            "compression": None,
+            "max_queue": max_queue,
+        }
+        if via == "header":
+            options["additional_headers"] = {"Authorization": f"Bearer {token}"}
+        else:
+            options["subprotocols"] = [Subprotocol("ondoki.v1"), Subprotocol(f"bearer.{token}")]
+        self._stack = contextlib.ExitStack()
+        self.connection: ClientConnection = self._stack.enter_context(connect(url, **options))
+        if resume is not None:
+            self.send({"type": "resume", "epoch": resume[0], "offset": resume[1]})
+        self.last: tuple[str, int] | None = None
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.connection.send(json.dumps(message))
+
+    def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The next frame that is not a ping (pings are answered)."""
+        while True:
+            frame: dict[str, Any] = json.loads(self.connection.recv(timeout=timeout))
+            if frame["type"] == "ping":
+                self.send({"type": "pong"})
+                continue
+            if frame["type"] == "notification":
+                self.last = (frame["epoch"], frame["offset"])
+            return frame
+
+    def notifications(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        frames = [self.recv(timeout) for _ in range(count)]
+        kinds = {f["type"] for f in frames}
+        assert kinds <= {"notification"}, frames
+        return frames
+
+    def close_code(self, timeout: float = 10.0) -> int | None:
+        """Read until the server closes; its close code."""
+        try:
+            while True:
+                self.connection.recv(timeout=timeout)
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def login(base_url: str, api_key: str, user_id: str) -> str:
+    response = httpx.post(
+        f"{base_url}/internal/sessions",
+        json={"user_id": user_id},
+        headers={"Authorization": f"Bearer {api_key}"},
+    )
+    assert response.status_code == 201, response.text
+    token: str = response.json()["token"]
+    return token
+
+
+def publish(
+    base_url: str, api_key: str, user_id: str, type: str, data: Any = None, id: str | None = None
+) -> tuple[str, int]:
+    body: dict[str, Any] = {"user_id": user_id, "type": type, "data": data}
+    if id is not None:
+        body["id"] = id
+    response = httpx.post(
+        f"{base_url}/internal/notifications",
+        json=body,
+        headers={"Authorization": f"Bearer {api_key}"},
+    )
+    assert response.status_code == 202, response.text
+    return response.json()["epoch"], response.json()["offset"]

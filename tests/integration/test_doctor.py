@@ -1,0 +1,123 @@
+"""`ondoki doctor` against real servers: healthy, wrong password, risky eviction, no pub/sub."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.process import clean_env
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+PASSWORD = "doctor-test-password"
+
+
+def doctor(**env: str) -> tuple[int, list[dict[str, Any]], str]:
+    """Exit status, JSON findings, and the human-readable report."""
+    as_json = subprocess.run(
+        [sys.executable, "-m", "ondoki", "doctor", "--json"],
+        env=clean_env(**env), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    text = subprocess.run(
+        [sys.executable, "-m", "ondoki", "doctor"],
+        env=clean_env(**env), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert as_json.returncode == text.returncode
+    return as_json.returncode, json.loads(as_json.stdout), text.stdout + text.stderr
+
+
+def finding(findings: list[dict[str, Any]], target: str, check: str) -> dict[str, Any]:
+    matches = [f for f in findings if f["target"] == target and f["check"] == check]
+    assert len(matches) == 1, findings
+    return matches[0]
+
+
+@pytest.fixture
+def healthy() -> Iterator[RedisServer]:
+    server = RedisServer(
+        password=PASSWORD,
+        args=("--maxmemory", "256mb", "--maxmemory-policy", "volatile-lru", "--appendonly", "yes"),
+    ).start()
+    yield server
+    server.close()
+
+
+def test_healthy_server_passes(healthy: RedisServer) -> None:
+    status, findings, text = doctor(REDIS_URL=healthy.url(0))
+    assert status == 0, text
+    assert {f["severity"] for f in findings} <= {"ok", "info"}
+    checks = {(f["target"], f["check"]) for f in findings}
+    for check in ["reachable", "version", "pubsub", "eviction", "persistence", "pubsub-buffer"]:
+        assert ("cache", check) in checks or ("broker", check) in checks
+    assert ("broker", "reachable") in checks
+    assert PASSWORD not in text and PASSWORD not in json.dumps(findings)
+
+
+def test_wrong_password_is_an_error_with_its_fix(healthy: RedisServer) -> None:
+    status, findings, text = doctor(REDIS_URL=healthy.url(0).replace(PASSWORD, "wrong-one"))
+    assert status == 1
+    auth = finding(findings, "cache", "auth")
+    assert auth["severity"] == "error"
+    assert "password" in auth["fix"]
+    assert "wrong-one" not in text
+
+
+def test_shared_allkeys_lru_instance_is_an_error(fresh_redis: RedisServer) -> None:
+    with fresh_redis.client() as admin:
+        admin.config_set("maxmemory", "256mb")
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+    status, findings, text = doctor(REDIS_URL=fresh_redis.url(0))
+    assert status == 1, text
+    eviction = finding(findings, "broker", "eviction")
+    assert eviction["severity"] == "error"
+    assert "allkeys-lru" in eviction["message"] and "queued jobs" in eviction["message"]
+    assert "noeviction" in eviction["fix"] and "volatile-lru" in eviction["fix"]
+    assert "fix:" in text
+
+
+def test_separate_broker_with_noeviction_is_fine(fresh_redis: RedisServer) -> None:
+    broker = RedisServer(args=("--maxmemory-policy", "noeviction", "--appendonly", "yes")).start()
+    try:
+        with fresh_redis.client() as admin:
+            admin.config_set("maxmemory", "256mb")
+            admin.config_set("maxmemory-policy", "allkeys-lru")
+        status, findings, text = doctor(
+            REDIS_URL=fresh_redis.url(0), CELERY_BROKER_URL=broker.url(1)
+        )
+        assert finding(findings, "cache", "eviction")["severity"] == "ok"
+        assert finding(findings, "broker", "eviction")["severity"] == "ok"
+        assert status == 0, text
+    finally:
+        broker.close()
+
+
+def test_user_without_pubsub_permission_is_an_error(fresh_redis: RedisServer) -> None:
+    with fresh_redis.client() as admin:
+        admin.execute_command(
+            "ACL", "SETUSER", "nopubsub", "on", ">nopubsub-pw", "~*", "&*", "+@all", "-subscribe"
+        )
+    status, findings, _ = doctor(
+        REDIS_URL=f"redis://nopubsub:nopubsub-pw@127.0.0.1:{fresh_redis.port}/0"
+    )
+    assert status == 1
+    pubsub = finding(findings, "cache", "pubsub")
+    assert pubsub["severity"] == "error"
+    assert "subscribe" in pubsub["fix"]
+
+
+def test_unreachable_server_is_an_error() -> None:
+    status, findings, _ = doctor(REDIS_URL="redis://127.0.0.1:1/0")
+    assert status == 1
+    assert finding(findings, "cache", "reachable")["severity"] == "error"
+
+
+def test_memory_mode_has_nothing_to_check() -> None:
+    status, findings, _ = doctor()
+    assert status == 0
+    assert findings[0]["severity"] == "info"

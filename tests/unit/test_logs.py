@@ -1,0 +1,72 @@
+"""Logs are JSON lines with request IDs and never carry a secret."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from ondoki.logs import JsonFormatter, Redactor, request_id, secrets_of
+
+
+def log_line(redactor: Redactor, message: str, *args: object, **extra: object) -> dict[str, object]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(redactor))
+    logger = logging.getLogger("test.logs")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel("INFO")
+    logger.info(message, *args, extra=extra)
+    line = stream.getvalue()
+    assert line.count("\n") == 1
+    parsed: dict[str, object] = json.loads(line)
+    return parsed
+
+
+def test_one_json_event_with_request_id_and_extras() -> None:
+    token = request_id.set("req-123")
+    try:
+        event = log_line(Redactor(), "hello %s", "world", user="alice")
+    finally:
+        request_id.reset(token)
+    assert event["msg"] == "hello world"
+    assert event["request_id"] == "req-123"
+    assert event["user"] == "alice"
+    assert event["level"] == "info"
+
+
+def test_secrets_are_redacted_wherever_they_appear() -> None:
+    redactor = Redactor(secrets_of(["redis://:p%40ss-word-1@h/0"], "the-api-key-value"))
+    event = log_line(
+        redactor,
+        "connecting to %s with %s, header %s, key %s, unix %s",
+        "rediss://user:hunter2hunter2@cache:6380/0",
+        "redis://:p%40ss-word-1@h/0",
+        "Authorization: Bearer abc.DEF-ghi_123",
+        "the-api-key-value",
+        "unix:///s.sock?db=0&password=sockpw",
+        url="redis://:extra-secret@h/0",
+    )
+    text = json.dumps(event)
+    for secret in ("hunter2hunter2", "p%40ss-word-1", "p@ss-word-1", "abc.DEF-ghi_123",
+                   "the-api-key-value", "sockpw", "extra-secret"):  # fmt: skip
+        assert secret not in text, secret
+    assert "rediss://user:***@cache:6380/0" in text
+    assert "Bearer ***" in text
+
+
+def test_tracebacks_are_redacted() -> None:
+    redactor = Redactor(["s3cr3t-value"])
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(redactor))
+    logger = logging.getLogger("test.logs.exc")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    try:
+        raise RuntimeError("failed with s3cr3t-value")
+    except RuntimeError:
+        logger.exception("boom")
+    assert "s3cr3t-value" not in stream.getvalue()
+    assert "RuntimeError" in stream.getvalue()

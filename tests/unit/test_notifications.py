@@ -1,0 +1,290 @@
+"""The notification hub's protocol with a fake client over MemoryPubSub, on both backends."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, ClassVar
+
+import anyio
+import anyio.abc
+import pytest
+
+from adapters.memory.pubsub import MemoryPubSub
+from ondoki.errors import InvalidInput, TooLarge
+from ondoki.notifications import CloseCode, NotificationHub
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeClient:
+    """A client connection: frames the server sent, and a way to talk back or stall."""
+
+    made: ClassVar[list[FakeClient]] = []
+
+    def __init__(self) -> None:
+        FakeClient.made.append(self)
+        self.to_server_send, self.to_server = anyio.create_memory_object_stream[str | None](16)
+        self.frames_send, self.frames = anyio.create_memory_object_stream[dict[str, Any]](10_000)
+        self.stalled = anyio.Event()
+        self.stall = False
+        self.closed: tuple[int, str] | None = None
+        self.closed_event = anyio.Event()
+        self.finished = anyio.Event()  # set when the hub's serve() returned
+
+    async def send(self, text: str) -> None:
+        if self.stall:
+            self.stalled.set()
+            await anyio.sleep_forever()
+        await self.frames_send.send(json.loads(text))
+
+    async def receive(self) -> str | None:
+        return await self.to_server.receive()
+
+    async def close(self, code: int, reason: str = "") -> None:
+        self.closed = (code, reason)
+        self.closed_event.set()
+
+    async def wait_closed(self) -> tuple[int, str]:
+        with anyio.fail_after(3):
+            await self.closed_event.wait()
+        assert self.closed is not None
+        return self.closed
+
+    def dispose(self) -> None:
+        for stream in (self.to_server_send, self.to_server, self.frames_send, self.frames):
+            stream.close()
+
+    async def say(self, message: dict[str, Any]) -> None:
+        await self.to_server_send.send(json.dumps(message))
+
+    async def next(self, within: float = 3.0) -> dict[str, Any]:
+        with anyio.fail_after(within):
+            return await self.frames.receive()
+
+    async def notifications(self, count: int) -> list[dict[str, Any]]:
+        frames = [await self.next() for _ in range(count)]
+        assert all(f["type"] == "notification" for f in frames), frames
+        return frames
+
+
+@pytest.fixture(autouse=True)
+def dispose_clients() -> Iterator[None]:
+    yield
+    for client in FakeClient.made:
+        client.dispose()
+    FakeClient.made.clear()
+
+
+@pytest.fixture
+async def pubsub() -> AsyncIterator[MemoryPubSub]:
+    adapter = MemoryPubSub(history_size=50, history_ttl=60)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(adapter.run)
+        yield adapter
+        tasks.cancel_scope.cancel()
+    await adapter.aclose()
+
+
+Serve = Callable[..., Awaitable[FakeClient]]
+
+
+@pytest.fixture
+async def hub(pubsub: MemoryPubSub) -> NotificationHub:
+    return NotificationHub(pubsub, queue_size=8, resume_wait=0.05, ping_interval=60)
+
+
+@pytest.fixture
+async def serve(hub: NotificationHub) -> AsyncIterator[Serve]:
+    results: dict[int, int] = {}
+    async with anyio.create_task_group() as tasks:
+
+        async def serve(
+            user: str = "alice",
+            session: str = "s1",
+            *,
+            first: dict[str, Any] | None = None,
+            **kw: Any,
+        ) -> FakeClient:
+            client = FakeClient()
+            if first is not None:
+                await client.say(first)
+
+            async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                task_status.started()
+                results[id(client)] = await hub.serve(client, user, session, **kw)
+                client.finished.set()
+
+            await tasks.start(run)
+            await anyio.sleep(0.1)  # past resume_wait: the live subscription is open
+            return client
+
+        yield serve
+        tasks.cancel_scope.cancel()
+
+
+async def test_delivers_events_in_order_with_positions(hub: NotificationHub, serve: Serve) -> None:
+    client = await serve()
+    positions = [await hub.publish("alice", "greeting", {"n": n}) for n in range(5)]
+    frames = await client.notifications(5)
+    assert [f["event"] for f in frames] == [
+        {"type": "greeting", "data": {"n": n}} for n in range(5)
+    ]
+    assert [(f["epoch"], f["offset"]) for f in frames] == [(p.epoch, p.offset) for p in positions]
+
+
+async def test_other_users_events_never_arrive(hub: NotificationHub, serve: Serve) -> None:
+    alice = await serve("alice")
+    await hub.publish("bob", "secret", {"for": "bob"})
+    await hub.publish("alice", "hello")
+    assert (await alice.next())["event"]["type"] == "hello"
+
+
+async def test_resume_replays_exactly_what_was_missed(hub: NotificationHub, serve: Serve) -> None:
+    seen = [await hub.publish("alice", "old", n) for n in range(3)]
+    missed = [await hub.publish("alice", "missed", n) for n in range(4)]
+    last = seen[-1]
+    client = await serve(first={"type": "resume", "epoch": last.epoch, "offset": last.offset})
+    await hub.publish("alice", "live", 99)
+    frames = await client.notifications(5)
+    assert [f["offset"] for f in frames] == [p.offset for p in missed] + [missed[-1].offset + 1]
+    assert frames[-1]["event"] == {"type": "live", "data": 99}
+
+
+async def test_unknown_epoch_gets_resync_then_live(hub: NotificationHub, serve: Serve) -> None:
+    await hub.publish("alice", "before")
+    client = await serve(first={"type": "resume", "epoch": "gone", "offset": 3})
+    resync = await client.next()
+    assert resync["type"] == "resync"
+    assert resync["offset"] == 0
+    # What the current epoch holds follows the resync, then live events.
+    assert (await client.next())["event"]["type"] == "before"
+    await hub.publish("alice", "after")
+    assert (await client.next())["event"]["type"] == "after"
+
+
+async def test_messages_published_while_connecting_are_not_lost(
+    hub: NotificationHub, pubsub: MemoryPubSub
+) -> None:
+    # A client that never resumes still gets what was published between accept and the
+    # start of its live subscription (the resume window).
+    hub.resume_wait = 0.3
+    client = FakeClient()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(hub.serve, client, "alice", "s1")
+        await anyio.sleep(0.05)
+        await hub.publish("alice", "early")
+        assert (await client.next())["event"]["type"] == "early"
+        tasks.cancel_scope.cancel()
+
+
+async def test_stalled_client_is_closed_without_slowing_others(
+    hub: NotificationHub, serve: Serve
+) -> None:
+    slow, fast = await serve(session="slow"), await serve(session="fast")
+    slow.stall = True
+    for n in range(30):
+        await hub.publish("alice", "tick", n)
+        assert (await fast.next(within=1))["event"]["data"] == n
+    assert (await slow.wait_closed())[0] == CloseCode.SLOW_CLIENT
+    assert fast.closed is None
+    assert hub.stats.slow_closes == 1
+
+
+async def test_no_pong_closes_and_pong_keeps_open(pubsub: MemoryPubSub) -> None:
+    hub = NotificationHub(pubsub, resume_wait=0.01, ping_interval=0.05, ping_timeout=0.1)
+    silent, polite = FakeClient(), FakeClient()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(hub.serve, silent, "alice", "a")
+        tasks.start_soon(hub.serve, polite, "alice", "b")
+        with anyio.fail_after(3):
+            for _ in range(4):
+                assert (await polite.next())["type"] == "ping"
+                await polite.say({"type": "pong"})
+        assert (await silent.wait_closed())[0] == CloseCode.PONG_TIMEOUT
+        assert polite.closed is None
+        tasks.cancel_scope.cancel()
+
+
+async def test_expired_session_is_closed_at_the_next_ping(pubsub: MemoryPubSub) -> None:
+    hub = NotificationHub(pubsub, resume_wait=0.01, ping_interval=0.05)
+
+    async def invalid() -> bool:
+        return False
+
+    client = FakeClient()
+    with anyio.fail_after(3):
+        code = await hub.serve(client, "alice", "s", session_valid=invalid)
+    assert code == CloseCode.SESSION_ENDED
+
+
+async def test_logout_closes_only_that_sessions_sockets(hub: NotificationHub, serve: Serve) -> None:
+    gone, kept = await serve(session="gone"), await serve(session="kept")
+    await hub.end_session("alice", "gone")
+    await hub.publish("alice", "after-logout")
+    assert (await kept.next())["event"]["type"] == "after-logout"
+    assert (await gone.wait_closed())[0] == CloseCode.SESSION_ENDED
+    assert kept.closed is None
+
+
+async def test_shutdown_closes_every_client_with_1012(hub: NotificationHub, serve: Serve) -> None:
+    clients = [await serve(session=str(n)) for n in range(3)]
+    hub.close_all()
+    assert {(await c.wait_closed())[0] for c in clients} == {CloseCode.RESTART}
+    late = FakeClient()
+    assert await hub.serve(late, "alice", "late") == CloseCode.RESTART
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "not json",
+        '{"type": "dance"}',
+        '{"type": "resume", "epoch": "e", "offset": "seven"}',
+        '{"type": "resume", "epoch": "e", "offset": -1}',
+        '{"type": "resume", "offset": 1}',
+    ],
+)
+async def test_bad_client_messages_get_an_error_frame_and_the_socket_stays(
+    hub: NotificationHub, serve: Serve, message: str
+) -> None:
+    client = await serve()
+    await client.to_server_send.send(message)
+    error = await client.next()
+    assert error["type"] == "error" and error["code"] == "bad_message"
+    await hub.publish("alice", "still-here")
+    assert (await client.next())["event"]["type"] == "still-here"
+
+
+async def test_client_leaving_ends_serve(hub: NotificationHub, serve: Serve) -> None:
+    client = await serve()
+    await client.to_server_send.send(None)
+    with anyio.fail_after(3):
+        await client.finished.wait()
+    assert hub.stats.connections == 0
+    assert client.closed is None  # the client left; there was nothing to close
+
+
+@pytest.mark.parametrize(
+    ("user", "type", "data", "error"),
+    [
+        ("has space", "t", None, InvalidInput),
+        ("alice", "", None, InvalidInput),
+        ("alice", "x" * 65, None, InvalidInput),
+        ("alice", "t", "x" * 70_000, TooLarge),
+    ],
+)
+async def test_bad_events_are_refused(
+    hub: NotificationHub, user: str, type: str, data: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        await hub.publish(user, type, data)
+
+
+async def test_idempotent_publish_delivers_once(hub: NotificationHub, serve: Serve) -> None:
+    client = await serve()
+    first = await hub.publish("alice", "once", id="evt-1")
+    again = await hub.publish("alice", "once", id="evt-1")
+    assert first == again
+    await hub.publish("alice", "next")
+    assert [f["event"]["type"] for f in await client.notifications(2)] == ["once", "next"]
