@@ -7,6 +7,7 @@ import secrets
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -15,6 +16,7 @@ import sniffio
 
 from ondoki.cache import NamespacedCache
 from ondoki.errors import ConfigError, OndokiError
+from ondoki.imports import Imports
 from ondoki.jobs import JobKinds, register_demo_kinds
 from ondoki.notifications import NotificationHub, job_notifier
 from ondoki.ports.cache import Cache
@@ -97,7 +99,22 @@ def build_pubsub(settings: Settings) -> PubSub:
 
 def build_kinds(settings: Settings) -> JobKinds:
     """Every job kind this deployment runs."""
-    return register_demo_kinds(JobKinds())
+    from ondoki.media import (
+        KIND,
+        QUEUE,
+        CaptionsFirst,
+        MediaImporter,
+        PocketsphinxTranscriber,
+        WhisperTranscriber,
+    )
+    from ondoki.media.transcribe import Transcriber
+
+    speech: Transcriber = PocketsphinxTranscriber()
+    if settings.whisper_model_dir is not None:
+        speech = WhisperTranscriber(Path(settings.whisper_model_dir))
+    kinds = register_demo_kinds(JobKinds())
+    kinds.register(KIND, MediaImporter(transcriber=CaptionsFirst(speech)), queue=QUEUE)
+    return kinds
 
 
 def build_jobs(settings: Settings, kinds: JobKinds, notify: JobNotify) -> JobQueue:
@@ -168,6 +185,13 @@ async def open_services(
             await tasks.start(jobs.run)
         await warn_if_queue_can_be_evicted(settings)
         ns = settings.namespace
+        imports = Imports(
+            jobs,
+            NamespacedCache(cache, f"{ns}:import:"),
+            Path(settings.media_dir),
+            max_bytes=settings.max_upload_bytes,
+            key_ttl=settings.job_record_ttl_seconds,
+        )
         services = Services(
             settings=settings,
             api_key=api_key if api_key is not None else resolve_api_key(settings),
@@ -187,6 +211,7 @@ async def open_services(
             pubsub=pubsub,
             notifications=hub,
             jobs=jobs,
+            imports=imports,
             parts={"cache": cache, "pubsub": pubsub, "jobs": jobs},
         )
         yield services

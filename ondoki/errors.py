@@ -34,6 +34,16 @@ class InvalidInput(OndokiError):
     code = "invalid_input"
 
 
+class UnsupportedMedia(InvalidInput):
+    """The file is not a video ondoki can turn into a guide; `reason` says why."""
+
+    code = "unsupported_media"
+
+    def __init__(self, reason: str, **fields: object) -> None:
+        super().__init__(f"unsupported video: {reason}", reason=reason, **fields)
+        self.reason = reason
+
+
 class NotFound(OndokiError):
     """The thing asked for does not exist (or has expired)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ondoki.imports import Imports
 from ondoki.notifications import NotificationHub
 from ondoki.ports.cache import Cache
 from ondoki.ports.jobs import JobQueue
@@ -30,5 +31,6 @@ class Services:
     pubsub: PubSub
     notifications: NotificationHub
     jobs: JobQueue
+    imports: Imports
     #: Part name -> the object whose `ping()` tells whether that part is ready.
     parts: dict[str, Pingable] = field(default_factory=dict)

@@ -52,6 +52,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     state_max_bytes: Positive = 64 * 1024
     max_json_body_bytes: Positive = 1024 * 1024
 
+    max_upload_bytes: Positive = 2 * 1024**3
+    whisper_model_dir: str | None = None
+
     history_size: Positive = 1000
     history_ttl_seconds: Seconds = 3_600.0
     notification_max_bytes: Positive = 64 * 1024

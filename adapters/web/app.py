@@ -28,6 +28,7 @@ _STATUS: list[tuple[type[errors.OndokiError], int]] = [
     (errors.JobStateError, 409),
     (errors.TooLarge, 413),
     (UnsupportedMediaType, 415),
+    (errors.UnsupportedMedia, 415),
     (errors.InvalidInput, 422),
     (errors.BackendError, 503),
 ]

@@ -8,13 +8,20 @@ from typing import Any
 import anyio
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from adapters.web.auth import require_api_key, require_session, services
-from adapters.web.http import check_json, json_response, read_body, read_json, require_json
+from adapters.web.http import (
+    UnsupportedMediaType,
+    check_json,
+    json_response,
+    read_body,
+    read_json,
+    require_json,
+)
 from adapters.web.ws import websocket_endpoint
-from ondoki.errors import InvalidInput, NotFound, OndokiError
+from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge
 from ondoki.models import JobRecord
 from ondoki.sessions import session_id
 
@@ -114,6 +121,48 @@ async def job(request: Request) -> Response:
     return json_response(record)
 
 
+_VIDEO_TYPES = ("video/", "application/octet-stream")
+
+
+async def create_import(request: Request) -> Response:
+    _, session, _ = await require_session(request)
+    found = services(request)
+    content_type = request.headers.get("content-type", "application/octet-stream")
+    if not content_type.lower().startswith(_VIDEO_TYPES):
+        raise UnsupportedMediaType(
+            f"expected a video body (video/* or application/octet-stream), got {content_type}"
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > found.imports.max_bytes:
+        raise TooLarge(f"the video is {declared} bytes; the limit is {found.imports.max_bytes}")
+    key = request.headers.get("idempotency-key")
+    job_id = await found.imports.known(session.user_id, key)
+    if job_id is None:
+        job_id = await found.imports.upload(session.user_id, request.stream(), idempotency_key=key)
+    return json_response({"job_id": job_id}, 202, {"Location": f"/jobs/{job_id}"})
+
+
+async def import_guide(request: Request) -> Response:
+    record = await _owned_job(request)
+    guide, _ = await services(request).imports.guide(record)
+    if request.query_params.get("format") == "md":
+        directory = services(request).imports.guide_dir(record)
+        return FileResponse(directory / "guide.md", media_type="text/markdown; charset=utf-8")
+    base = f"/imports/{record.id}/"
+    steps = [
+        {**msgspec.structs.asdict(step), "frame_url": base + step.frame} for step in guide.steps
+    ]
+    return json_response({**msgspec.structs.asdict(guide), "steps": steps})
+
+
+async def import_frame(request: Request) -> Response:
+    record = await _owned_job(request)
+    imports = services(request).imports
+    guide, directory = await imports.guide(record)
+    path = imports.frame(record, guide, directory, "frames/" + request.path_params["name"])
+    return FileResponse(path, media_type="image/jpeg")
+
+
 async def dead_jobs(request: Request) -> Response:
     require_api_key(request)
     raw = request.query_params.get("limit", "100")
@@ -164,6 +213,9 @@ routes = [
     Route("/internal/notifications", publish_notification, methods=["POST"]),
     Route("/jobs/{job_id}", job, methods=["GET", "DELETE"]),
     Route("/internal/jobs/dead", dead_jobs, methods=["GET"]),
+    Route("/imports", create_import, methods=["POST"]),
+    Route("/imports/{job_id}/guide", import_guide, methods=["GET"]),
+    Route("/imports/{job_id}/frames/{name}", import_frame, methods=["GET"]),
     Route("/internal/jobs/{job_id}/retry", retry_job, methods=["POST"]),
     WebSocketRoute("/ws", websocket_endpoint),
 ]

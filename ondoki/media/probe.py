@@ -1,0 +1,249 @@
+"""Opening uploads safely and telling, cheaply, whether they are videos ondoki can import."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import av
+import av.codec.context
+import av.container
+import av.stream
+import msgspec
+
+from ondoki.errors import InvalidInput, UnsupportedMedia
+
+#: Demuxers an upload may be read with. Anything else (HLS and other playlists, image
+#: sequences, concat lists, raw devices) is refused before FFmpeg opens it: a playlist
+#: uploaded as a "video" would otherwise make FFmpeg read other files or URLs for us.
+DEMUXERS = ("mov", "matroska", "webm", "avi", "flv", "mpegts", "gif", "ogg", "asf", "mpeg")
+_OPEN_OPTIONS = {"format_whitelist": ",".join(DEMUXERS), "protocol_whitelist": "file"}
+# Subtitle codecs that carry text (bitmap subtitles would need OCR).
+TEXT_SUBTITLES = frozenset({"mov_text", "subrip", "srt", "webvtt", "ass", "ssa", "text"})
+# Pictures attached to a file (album art, thumbnails) are video streams too, not videos.
+_COVER_ART = av.stream.Disposition.attached_pic
+# How much of the stream `probe` reads looking for the first picture and for the end.
+_FIRST_FRAME_PACKETS = 600
+_TAIL_PACKETS = 4_000
+_TAIL_SECONDS = 3.0
+
+
+class MediaLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """What a video may be at most. Beyond these, decoding costs more memory or time than
+    one import should take, so the file is refused with `UnsupportedMedia`."""
+
+    max_width: int = 7680
+    max_height: int = 4320
+    max_pixels: int = 40_000_000
+    max_duration: float = 4 * 3600.0
+
+    def check_picture(self, width: int, height: int) -> None:
+        """Raise `UnsupportedMedia` for a picture size that is absurd or over the limits."""
+        if width <= 0 or height <= 0:
+            raise UnsupportedMedia(f"the video has no picture size ({width}x{height})")
+        if width > self.max_width or height > self.max_height or width * height > self.max_pixels:
+            raise UnsupportedMedia(
+                f"the resolution {width}x{height} is over the limit of "
+                f"{self.max_width}x{self.max_height} ({self.max_pixels:,} pixels)"
+            )
+
+    def check_duration(self, seconds: float) -> None:
+        """Raise `UnsupportedMedia` for a video longer than `max_duration`."""
+        if seconds > self.max_duration:
+            raise UnsupportedMedia(
+                f"the video lasts {_clock(seconds)}, over the limit of {_clock(self.max_duration)}"
+            )
+
+
+class VideoInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What `probe` found. Times are in seconds; `duration` is None when the container
+    does not say (common for WebM from browser screen recorders)."""
+
+    container: str
+    duration: float | None
+    #: When the container's timeline starts; every time ondoki reports is relative to it.
+    start_time: float
+    width: int
+    height: int
+    fps: float | None
+    video_codec: str
+    has_audio: bool
+    audio_codec: str | None = None
+    subtitle_codecs: tuple[str, ...] = ()
+    size_bytes: int = 0
+
+
+@contextmanager
+def open_video(path: str | os.PathLike[str]) -> Iterator[av.container.InputContainer]:
+    """Open `path` for reading with FFmpeg, restricted to the demuxers in `DEMUXERS` and to
+    local files; errors opening it become `UnsupportedMedia` (or `InvalidInput` when the
+    file is missing)."""
+    path = Path(path)
+    try:
+        container = av.open(str(path), options=_OPEN_OPTIONS, metadata_errors="replace")
+    except FileNotFoundError:
+        raise InvalidInput(f"the video file {path.name!r} does not exist") from None
+    except av.error.ArgumentError:
+        # format_whitelist refuses other demuxers with EINVAL.
+        raise UnsupportedMedia(
+            "not a video in a supported container (mp4, mov, mkv, webm, avi, ...)"
+        ) from None
+    except av.FFmpegError as exc:
+        raise UnsupportedMedia(f"not a readable video ({describe(exc)})") from None
+    except OSError as exc:
+        raise InvalidInput(f"the video file {path.name!r} cannot be read: {exc.strerror}") from None
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def probe(path: str | os.PathLike[str], *, limits: MediaLimits | None = None) -> VideoInfo:
+    """Tell what the video at `path` is, or raise `UnsupportedMedia` saying why it cannot be
+    imported: not a video container, no video stream (e.g. audio only), no decodable
+    picture, truncated (the data stops well before the duration the container declares),
+    or a resolution or duration over `limits`.
+
+    Cheap enough for an upload check: it reads the headers, decodes the first picture and
+    looks at the last few seconds of packets; it never decodes the whole file.
+    """
+    limits = limits or MediaLimits()
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise InvalidInput(f"the video file {path.name!r} does not exist") from None
+    if size == 0:
+        raise UnsupportedMedia("the file is empty")
+    with open_video(path) as container:
+        info = describe_container(container, size)
+        limits.check_picture(info.width, info.height)
+        if info.duration is not None:
+            limits.check_duration(info.duration)
+        try:
+            _first_picture(container)
+            _check_tail(container, info)
+        except av.FFmpegError as exc:
+            raise UnsupportedMedia(f"the video data is damaged ({describe(exc)})") from None
+    return info
+
+
+def video_stream(container: av.container.InputContainer) -> av.VideoStream:
+    """The video a guide is made of: the first decodable video stream that is not cover
+    art. Raises `UnsupportedMedia` when there is none."""
+    streams = [s for s in container.streams.video if not s.disposition & _COVER_ART]
+    if not streams:
+        kinds = sorted({s.type for s in container.streams if s.type != "video"})
+        has = f" (it has {' and '.join(kinds)} only)" if kinds else ""
+        raise UnsupportedMedia(f"the file has no video stream{has}")
+    for stream in streams:
+        if _decodable(stream):
+            return stream
+    raise UnsupportedMedia("the video is in a codec ondoki cannot decode")
+
+
+def audio_stream(container: av.container.InputContainer) -> av.AudioStream | None:
+    """The narration track: the first decodable audio stream, if any."""
+    return next((s for s in container.streams.audio if _decodable(s)), None)
+
+
+def _decodable(stream: av.stream.Stream) -> bool:
+    # PyAV gives streams of codecs FFmpeg cannot decode no codec context.
+    context: av.codec.context.CodecContext | None = stream.codec_context
+    return context is not None and bool(context.name)
+
+
+def describe_container(container: av.container.InputContainer, size: int = 0) -> VideoInfo:
+    """The `VideoInfo` of an open container, from its headers alone."""
+    video = video_stream(container)
+    context = video.codec_context
+    rate = video.average_rate or video.guessed_rate
+    audio = audio_stream(container)
+    return VideoInfo(
+        container=container.format.name,
+        duration=_duration(container),
+        start_time=_seconds(container.start_time) or 0.0,
+        width=context.width,
+        height=context.height,
+        fps=float(rate) if rate else None,
+        video_codec=context.name,
+        has_audio=audio is not None,
+        audio_codec=audio.codec_context.name if audio is not None else None,
+        subtitle_codecs=tuple(
+            s.codec_context.name
+            for s in container.streams.subtitles
+            if s.codec_context is not None and s.codec_context.name in TEXT_SUBTITLES
+        ),
+        size_bytes=size,
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """A short, path-free description of an FFmpeg error."""
+    if isinstance(exc, av.FFmpegError) and exc.strerror:
+        return str(exc.strerror).lower()
+    return type(exc).__name__
+
+
+def _duration(container: av.container.InputContainer) -> float | None:
+    seconds = _seconds(container.duration)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return seconds
+
+
+def _seconds(microseconds: int | None) -> float | None:
+    return None if microseconds is None else microseconds / av.time_base
+
+
+def _first_picture(container: av.container.InputContainer) -> None:
+    video = video_stream(container)
+    for count, packet in enumerate(container.demux(video)):
+        if count >= _FIRST_FRAME_PACKETS:
+            break
+        try:
+            if packet.decode():
+                return
+        except av.error.InvalidDataError:
+            continue  # a damaged packet before the first keyframe; try the next
+    raise UnsupportedMedia("the video stream has no decodable picture")
+
+
+def _check_tail(container: av.container.InputContainer, info: VideoInfo) -> None:
+    """Raise when the packets stop well before the declared duration: a truncated upload.
+
+    The index of an MP4 (or the header of an MKV) still promises the whole duration; the
+    packets near the end are simply not there."""
+    if info.duration is None or info.duration < 2 * _TAIL_SECONDS:
+        return
+    target = info.start_time + info.duration - _TAIL_SECONDS
+    try:
+        container.seek(int(target * av.time_base), backward=True)
+    except av.FFmpegError:
+        return  # not seekable: the import finds out while decoding
+    end = 0.0
+    for count, packet in enumerate(container.demux()):
+        if count >= _TAIL_PACKETS:
+            return  # plenty of data near the end
+        if packet.pts is not None and packet.time_base is not None:
+            length = packet.duration or 0
+            end = max(end, float((packet.pts + length) * packet.time_base) - info.start_time)
+    check_complete(end, info.duration)
+
+
+def check_complete(end: float, declared: float) -> None:
+    """Raise `UnsupportedMedia` when data that ends at `end` falls well short of `declared`."""
+    if end < declared - max(1.0, 0.02 * declared):
+        raise UnsupportedMedia(
+            f"the file is truncated: its data stops at {_clock(end)} of the "
+            f"{_clock(declared)} it declares"
+        )
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds)
+    h, m, s = whole // 3600, whole // 60 % 60, whole % 60
+    return f"{h}:{m:02}:{s:02}" if h else f"{m}:{s:02}"

@@ -1,0 +1,208 @@
+"""Imports and jobs over HTTP, in process on the memory adapters (jobs run in the app):
+upload, progress, guide and frames; every bad upload refused with a reason, nothing kept."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from starlette.testclient import TestClient
+
+from adapters.web.app import create_app
+from ondoki.bootstrap import build_kinds, open_services
+from ondoki.errors import RetryableJobError
+from ondoki.ports.jobs import JobContext
+from ondoki.services import Services
+from ondoki.settings import Settings
+from tests.media.generate import Scene, write_video
+from tests.web.conftest import API_KEY, Api
+from tests.web.test_api import error_of
+
+
+def always_fails(ctx: JobContext, payload: dict[str, Any]) -> None:
+    raise ValueError("this job always fails")
+
+
+def flaky(ctx: JobContext, payload: dict[str, Any]) -> None:
+    raise RetryableJobError("try again")
+
+
+class App(Api):
+    def __init__(self, client: TestClient, services: Services, media: Path) -> None:
+        super().__init__(client)
+        self.services = services
+        self.media = media
+
+    def enqueue(self, kind: str, owner: str) -> str:
+        assert self.client.portal is not None
+        job_id: str = self.client.portal.call(
+            lambda: self.services.jobs.enqueue(kind, {}, owner=owner)
+        )
+        return job_id
+
+    def wait(self, job_id: str, auth: dict[str, str], *states: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            record: dict[str, Any] = self.client.get(f"/jobs/{job_id}", headers=auth).json()
+            if record["state"] in states:
+                return record
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} never reached {states}: {record}")
+
+    def uploads(self) -> list[Path]:
+        root = self.media / "imports"
+        return sorted(root.iterdir()) if root.exists() else []
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("videos") / "three-steps.mp4"
+    write_video(path, [Scene(1.5), Scene(1.5), Scene(2.0)])
+    return path.read_bytes()
+
+
+@pytest.fixture
+def app(tmp_path: Path, anyio_backend: Literal["asyncio", "trio"]) -> Iterator[App]:
+    settings = Settings(media_dir=str(tmp_path / "media"), max_upload_bytes=5_000_000)
+    kinds = build_kinds(settings)
+    kinds.register("test.fails", always_fails, queue="celery", max_attempts=1)
+    kinds.register("test.flaky", flaky, queue="celery", max_attempts=2)
+    opened: list[Services] = []
+
+    @asynccontextmanager
+    async def services() -> AsyncIterator[Services]:
+        async with open_services(settings, api_key=API_KEY, kinds=kinds) as found:
+            opened.append(found)
+            yield found
+
+    with TestClient(create_app(services), backend=anyio_backend) as client:
+        yield App(client, opened[0], tmp_path / "media")
+
+
+def test_upload_runs_the_import_and_serves_the_guide(app: App, video: bytes) -> None:
+    alice = app.login("alice")
+    response = app.client.post(
+        "/imports", content=video, headers={**alice, "Content-Type": "video/mp4"}
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    assert response.headers["location"] == f"/jobs/{job_id}"
+    record = app.wait(job_id, alice, "succeeded", "dead")
+    assert record["state"] == "succeeded", record
+    assert record["progress"] == 1.0 and record["owner"] == "alice"
+
+    guide = app.client.get(f"/imports/{job_id}/guide", headers=alice).json()
+    assert len(guide["steps"]) == 3
+    for step in guide["steps"]:
+        frame = app.client.get(step["frame_url"], headers=alice)
+        assert frame.status_code == 200
+        assert frame.headers["content-type"] == "image/jpeg"
+        assert frame.content[:3] == b"\xff\xd8\xff"
+    markdown = app.client.get(f"/imports/{job_id}/guide?format=md", headers=alice)
+    assert markdown.headers["content-type"].startswith("text/markdown")
+    assert "step" in markdown.text.lower()
+
+    # Another user can neither see the job nor its guide or frames.
+    bob = app.login("bob")
+    for path in (f"/jobs/{job_id}", f"/imports/{job_id}/guide", guide["steps"][0]["frame_url"]):
+        error_of(app.client.get(path, headers=bob), 404)
+    # Only frames the guide lists are served: no path games.
+    for name in ("..%2F..%2Fsource", "step-999.jpg", "source"):
+        error_of(app.client.get(f"/imports/{job_id}/frames/{name}", headers=alice), 404)
+
+
+def test_idempotency_key_gives_one_job(app: App, video: bytes) -> None:
+    alice = app.login("alice")
+    headers = {**alice, "Idempotency-Key": "upload-1", "Content-Type": "video/mp4"}
+    first = app.client.post("/imports", content=video, headers=headers).json()["job_id"]
+    again = app.client.post("/imports", content=video, headers=headers).json()["job_id"]
+    assert first == again
+    assert len(app.uploads()) == 1
+    # The same key from another user is another import.
+    bob = {**app.login("bob"), "Idempotency-Key": "upload-1", "Content-Type": "video/mp4"}
+    assert app.client.post("/imports", content=video, headers=bob).json()["job_id"] != first
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "says"),
+    [
+        (b"", {"Content-Type": "video/mp4"}, 415, "empty"),
+        (b"\x00garbage" * 1000, {"Content-Type": "video/mp4"}, 415, "unsupported video"),
+        (b"x" * 10, {"Content-Type": "application/json"}, 415, "video"),
+        (b"x" * 10, {"Content-Type": "text/plain"}, 415, "video"),
+        (b"x" * 5_000_001, {"Content-Type": "video/mp4"}, 413, "limit"),
+        (b"x", {"Content-Type": "video/mp4", "Idempotency-Key": "has space"}, 422, "Idempotency"),
+    ],
+)
+def test_bad_uploads_are_refused_and_nothing_is_kept(
+    app: App, body: bytes, headers: dict[str, str], status: int, says: str
+) -> None:
+    alice = app.login("alice")
+    response = app.client.post("/imports", content=body, headers={**alice, **headers})
+    assert says.lower() in error_of(response, status)["message"].lower()
+    assert app.uploads() == []
+
+
+def test_truncated_video_is_refused_with_the_reason(app: App, video: bytes) -> None:
+    alice = app.login("alice")
+    response = app.client.post(
+        "/imports", content=video[: len(video) // 3], headers={**alice, "Content-Type": "video/mp4"}
+    )
+    error = error_of(response, 415)
+    assert error["code"] == "unsupported_media"
+    assert app.uploads() == []
+
+
+def test_uploads_need_a_session(app: App, video: bytes) -> None:
+    error_of(app.client.post("/imports", content=video), 401)
+    error_of(app.client.post("/imports", content=video, headers=app.internal), 401)
+
+
+def test_guide_of_an_unfinished_or_failed_job(app: App) -> None:
+    alice = app.login("alice")
+    job_id = app.enqueue("test.fails", "alice")
+    app.wait(job_id, alice, "dead")
+    error_of(app.client.get(f"/imports/{job_id}/guide", headers=alice), 404)  # not an import
+    error_of(app.client.get("/imports/no-such-job/guide", headers=alice), 404)
+
+
+def test_dead_jobs_are_listed_and_replayed(app: App) -> None:
+    alice = app.login("alice")
+    job_id = app.enqueue("test.fails", "alice")
+    dead = app.wait(job_id, alice, "dead")
+    assert "always fails" in dead["error"]
+    listed = app.client.get("/internal/jobs/dead", headers=app.internal).json()["jobs"]
+    assert [job["id"] for job in listed] == [job_id]
+    replay = app.client.post(f"/internal/jobs/{job_id}/retry", headers=app.internal)
+    assert replay.status_code == 202 and replay.json()["state"] == "queued"
+    assert app.wait(job_id, alice, "dead")["attempts"] == 1
+    # Retrying a job that is not dead is a conflict, not a 500.
+    flaky = app.enqueue("test.flaky", "alice")
+    app.wait(flaky, alice, "failed", "queued", "dead")
+    running_or_not = app.client.post(f"/internal/jobs/{job_id}x/retry", headers=app.internal)
+    error_of(running_or_not, 404)
+
+
+@pytest.mark.parametrize("query", ["?limit=0", "?limit=abc", "?limit=5000"])
+def test_dead_list_limit_is_checked(app: App, query: str) -> None:
+    error_of(app.client.get(f"/internal/jobs/dead{query}", headers=app.internal), 422)
+
+
+def test_internal_job_endpoints_need_the_api_key(app: App) -> None:
+    alice = app.login("alice")
+    error_of(app.client.get("/internal/jobs/dead", headers=alice), 401)
+    error_of(app.client.post("/internal/jobs/x/retry", headers=alice), 401)
+
+
+def test_cancel_a_job(app: App) -> None:
+    alice = app.login("alice")
+    job_id = app.enqueue("test.flaky", "alice")
+    response = app.client.delete(f"/jobs/{job_id}", headers=alice)
+    assert response.status_code == 200
+    assert response.json()["state"] in {"cancelled", "dead"}
+    assert app.wait(job_id, alice, "cancelled", "dead")["state"] == "cancelled"
+    error_of(app.client.delete(f"/jobs/{job_id}", headers=app.login("bob")), 404)
