@@ -37,11 +37,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    from ondoki.logs import configure_logging, secrets_of
+
+    urls = (settings.redis_url, settings.broker_url, settings.result_backend)
+    configure_logging(settings.log_level, secrets_of(urls, settings.api_key))
 
 
 async def _serve(settings: Settings, worker_class: str) -> None:

@@ -73,3 +73,19 @@ class Session(msgspec.Struct, kw_only=True):
     created_at: float
     ttl_seconds: float
     data: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class QueueStats(msgspec.Struct):
+    """One queue, now: jobs waiting, waiting to retry after a backoff, the oldest's age."""
+
+    waiting: int
+    delayed: int
+    oldest_age: float | None
+
+
+class JobStats(msgspec.Struct):
+    """What the queue can count cheaply: per-queue backlogs and jobs per state (only the
+    states the backend counts without scanning every record)."""
+
+    queues: dict[str, QueueStats]
+    states: dict[str, int]

@@ -111,7 +111,10 @@ class ClientConnection(Protocol):
 
 @dataclass
 class HubStats:
+    """Counters for /metrics, of this process."""
+
     connections: int = 0
+    published: int = 0
     delivered: int = 0
     slow_closes: int = 0
     resyncs: int = 0
@@ -167,7 +170,9 @@ class NotificationHub:
         payload = _encode(Event(type=type, data=data))
         if len(payload) > self.max_event_bytes:
             raise TooLarge(f"event is {len(payload)} bytes; the limit is {self.max_event_bytes}")
-        return await self.pubsub.publish(user_id, payload, idempotency_key=id)
+        position = await self.pubsub.publish(user_id, payload, idempotency_key=id)
+        self.stats.published += 1
+        return position
 
     async def end_session(self, user_id: str, session: str) -> None:
         """Close that session's clients on every instance (after logout)."""

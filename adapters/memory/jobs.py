@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ondoki import jobs
 from ondoki.errors import JobQueueError, NotFound
 from ondoki.jobs import Context, JobKinds
-from ondoki.models import FINAL_STATES, JobRecord
+from ondoki.models import FINAL_STATES, JobRecord, JobStats, QueueStats
 from ondoki.ports.jobs import JobNotify
 
 log = logging.getLogger("ondoki.jobs.memory")
@@ -180,6 +180,29 @@ class MemoryJobQueue:
         found = [e.record for e in self._entries.values() if e.record.state == "dead"]
         found.sort(key=lambda r: r.finished_at or 0.0, reverse=True)
         return found[: max(0, limit)]
+
+    async def stats(self) -> JobStats:
+        self._sweep()
+        now = time.time()
+        states: dict[str, int] = dict.fromkeys(("queued", "running", "failed", "dead"), 0)
+        waiting: dict[str, list[float]] = {queue: [] for queue in self.queues}
+        delayed = dict.fromkeys(self.queues, 0)
+        for entry in self._entries.values():
+            record = entry.record
+            states[record.state] = states.get(record.state, 0) + 1
+            if record.state == "queued":
+                waiting.setdefault(record.queue, []).append(record.updated_at)
+            elif record.state == "failed":
+                delayed[record.queue] = delayed.get(record.queue, 0) + 1
+        queues = {
+            queue: QueueStats(
+                waiting=len(times),
+                delayed=delayed.get(queue, 0),
+                oldest_age=now - min(times) if times else None,
+            )
+            for queue, times in waiting.items()
+        }
+        return JobStats(queues=queues, states=states)
 
     async def retry(self, job_id: str) -> JobRecord:
         record = jobs.replayed(await self.get(job_id), time.time())

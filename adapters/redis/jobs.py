@@ -43,7 +43,7 @@ from adapters.redis.connection import call, connect, describe
 from ondoki import jobs
 from ondoki.errors import ConfigError, JobQueueError, NotFound
 from ondoki.jobs import JobKinds
-from ondoki.models import JobRecord
+from ondoki.models import JobRecord, JobStats, QueueStats
 from ondoki.ports.jobs import JobNotify
 from ondoki.redact import redact_url
 
@@ -395,6 +395,49 @@ class DramatiqJobQueue:
             return before
         await jobs.tell(self.notify, after)
         return after
+
+    async def stats(self) -> JobStats:
+        prefix = self.keys.broker_namespace
+
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for queue in self.queues:
+                    pipe.llen(f"{prefix}:{queue}")
+                    pipe.llen(f"{prefix}:{queue}.DQ")
+                    # dramatiq RPUSHes and LPOPs: the head of the list waited longest.
+                    pipe.lindex(f"{prefix}:{queue}", 0)
+                pipe.zcard(self.keys.dead)
+                return list(await pipe.execute())
+
+        replies = await self._run("job stats", read)
+        now = time.time()
+        queues: dict[str, QueueStats] = {}
+        for index, queue in enumerate(self.queues):
+            waiting, delayed, head = replies[index * 3 : index * 3 + 3]
+            queues[queue] = QueueStats(
+                waiting=int(waiting),
+                delayed=int(delayed),
+                oldest_age=None if head is None else await self._age(queue, _text(head), now),
+            )
+        states = {
+            "queued": sum(q.waiting for q in queues.values()),
+            "failed": sum(q.delayed for q in queues.values()),
+            "dead": int(replies[-1]),
+        }
+        return JobStats(queues=queues, states=states)
+
+    async def _age(self, queue: str, message_id: str, now: float) -> float | None:
+        raw = await self._run(
+            "job stats",
+            lambda: self.client.hget(f"{self.keys.broker_namespace}:{queue}.msgs", message_id),
+        )
+        if raw is None:
+            return None  # taken by a worker meanwhile
+        try:
+            sent = msgspec.json.decode(raw)["message_timestamp"] / 1000
+        except (msgspec.DecodeError, KeyError, TypeError):
+            return None
+        return max(0.0, now - float(sent))
 
     async def dead(self, *, limit: int = 100) -> list[JobRecord]:
         if limit <= 0:

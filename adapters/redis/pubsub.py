@@ -35,7 +35,7 @@ from redis.asyncio.connection import AbstractConnection
 from adapters.redis.connection import call, connect, describe
 from ondoki.cursor import Cursor
 from ondoki.errors import InvalidInput, PubSubError
-from ondoki.models import Delivery, Message, Position
+from ondoki.models import Delivery, Gap, Message, Position
 
 T = TypeVar("T")
 
@@ -213,7 +213,10 @@ class _RedisSubscription:
             return  # the connection went away meanwhile: repair once it is back
         if drops == self._drops:
             self._stale = False
-        self._ready.extend(cursor.catch_up(*snapshot))
+        repaired = cursor.catch_up(*snapshot)
+        self._pubsub.repaired += sum(isinstance(d, Message) for d in repaired)
+        self._pubsub.gaps += sum(isinstance(d, Gap) for d in repaired)
+        self._ready.extend(repaired)
 
     def __aiter__(self) -> _RedisSubscription:
         return self
@@ -295,6 +298,10 @@ class RedisPubSub:
         self.reconnect_max = reconnect_max
         #: Times the pub/sub connection was lost (or failed a health check) while running.
         self.disconnects = 0
+        #: Messages a subscription missed live and got from history instead (repairs).
+        self.repaired = 0
+        #: Gaps history could not cover (subscribers told to resync).
+        self.gaps = 0
         self._ttl_ms = max(1, round(history_ttl * 1000))
         self._publish_script = client.register_script(_PUBLISH)
         self._read_script = client.register_script(_READ)

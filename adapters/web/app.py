@@ -7,12 +7,17 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from adapters.web.http import MalformedBody, UnsupportedMediaType, error_response
+from adapters.web.metrics import MetricsEndpoint
+from adapters.web.observe import HttpMetrics, RequestContext
 from adapters.web.routes import routes
 from ondoki import errors
 from ondoki.services import Services
@@ -74,8 +79,11 @@ def create_app(open_services: ServicesFactory) -> Starlette:
         async with open_services() as services:
             yield {"services": services}
 
+    registry = CollectorRegistry(auto_describe=True)
+    metrics = MetricsEndpoint(registry)
     return Starlette(
-        routes=routes,
+        routes=[*routes, Route("/metrics", metrics.handle, methods=["GET"])],
+        middleware=[Middleware(RequestContext, metrics=HttpMetrics(registry))],
         lifespan=lifespan,
         exception_handlers={
             errors.OndokiError: _ondoki_error,

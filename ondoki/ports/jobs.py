@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ondoki.models import JobRecord
+from ondoki.models import JobRecord, JobStats
 
 
 class JobContext(Protocol):
@@ -85,6 +85,10 @@ class JobQueue(Protocol):
 
     async def retry(self, job_id: str) -> JobRecord:
         """Queue a dead job again with a fresh set of attempts; `JobStateError` if not dead."""
+        ...
+
+    async def stats(self) -> JobStats:
+        """Queue depths, the oldest waiting job's age, and counts per state (for metrics)."""
         ...
 
     async def ping(self) -> None:

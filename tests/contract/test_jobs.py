@@ -267,3 +267,21 @@ async def test_finished_records_expire_after_the_record_ttl(jobs: JobQueue) -> N
 
 async def test_ping_answers(jobs: JobQueue) -> None:
     await jobs.ping()
+
+
+async def test_stats_count_the_backlog_and_its_age(jobs: JobQueue, tmp_path: Path) -> None:
+    busy = await jobs.enqueue("test.block", payload(tmp_path, name="busy"))
+    await appears(tmp_path / "busy.started")
+    backlog = [
+        await jobs.enqueue("test.block", payload(tmp_path, name=f"wait{n}")) for n in range(3)
+    ]
+    await anyio.sleep(0.2)
+    stats = await jobs.stats()
+    queue = stats.queues["media"]
+    assert queue.waiting == 3
+    assert queue.oldest_age is not None and queue.oldest_age >= 0.15
+    assert stats.states["queued"] == 3
+    assert set(stats.queues) == {"celery", "media"}
+    for job_id in [*backlog, busy]:
+        await jobs.cancel(job_id)
+    await finished(jobs, busy)

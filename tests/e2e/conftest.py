@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.process import ServeProcess, clean_env
+from tests.e2e.process import ServeProcess, assert_clean_logs, clean_env
 
 Start = Callable[..., ServeProcess]
 
@@ -24,3 +24,5 @@ def start(tmp_path: Path) -> Iterator[Start]:
     yield start
     for process in started:
         process.stop()
+    for process in started:
+        assert_clean_logs(process.output(), f"ondoki serve on port {process.port}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx2 as httpx
 
@@ -17,10 +19,45 @@ from tests.redis_server import free_port
 _SCRUBBED = ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "ONDOKI_")
 
 
+#: Every password, API key and session token the e2e tests hand to a process; no log line
+#: of any process may contain one (`assert_clean_logs`).
+SECRETS: set[str] = set()
+
+# The one line that shows a secret on purpose: development mode prints its generated key.
+_DEV_KEY_LINE = "development API key"
+
+
+def remember_secret(secret: str) -> str:
+    SECRETS.add(secret)
+    return secret
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED)}
     env.update(extra)
+    for name, value in extra.items():
+        if name == "ONDOKI_API_KEY":
+            remember_secret(value)
+        elif "://" in value:
+            password = urlsplit(value).password
+            if password:
+                remember_secret(password)
     return env
+
+
+def assert_clean_logs(text: str, source: str) -> None:
+    """Every line a JSON event, or one of the CLI's own `ondoki: ...` lines (start-up
+    errors, the dev-key notice); no known secret anywhere but in the dev-key notice."""
+    for line in text.splitlines():
+        if not line.strip() or _DEV_KEY_LINE in line:
+            continue
+        if not line.startswith("ondoki: "):
+            try:
+                json.loads(line)
+            except ValueError:
+                raise AssertionError(f"{source}: not a JSON log line: {line!r}") from None
+        leaked = [secret for secret in SECRETS if secret in line]
+        assert not leaked, f"{source}: a secret is in the log: {line!r}"
 
 
 class ServeProcess:

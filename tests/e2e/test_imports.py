@@ -13,7 +13,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.e2e.conftest import Start
-from tests.e2e.process import clean_env
+from tests.e2e.process import assert_clean_logs, clean_env
 from tests.e2e.ws import WsClient, login
 from tests.media.generate import Scene, has_espeak, write_video
 from tests.redis_server import RedisServer
@@ -45,6 +45,7 @@ def worker(tmp_path: Path, fresh_redis: RedisServer) -> Iterator[subprocess.Pope
     yield process
     process.terminate()
     assert process.wait(30) == 0, log.read_text()
+    assert_clean_logs(log.read_text(), "ondoki worker")
 
 
 def test_upload_to_guide_with_progress_on_the_websocket(

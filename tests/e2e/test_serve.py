@@ -8,6 +8,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.e2e.conftest import Start
+from tests.e2e.process import remember_secret
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +23,7 @@ def login(base: str, api_key: str, user_id: str) -> dict[str, str]:
         headers={"Authorization": f"Bearer {api_key}"},
     )
     assert response.status_code == 201, response.text
-    return {"Authorization": f"Bearer {response.json()['token']}"}
+    return {"Authorization": f"Bearer {remember_secret(response.json()['token'])}"}
 
 
 @pytest.mark.parametrize("worker_class", ["asyncio", "uvloop", "trio"])

@@ -11,6 +11,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
+from tests.e2e.process import remember_secret
+
 
 class WsClient:
     """One desktop client: connects with a session token, reads frames, resumes."""
@@ -82,7 +84,7 @@ def login(base_url: str, api_key: str, user_id: str) -> str:
     )
     assert response.status_code == 201, response.text
     token: str = response.json()["token"]
-    return token
+    return remember_secret(token)
 
 
 def publish(
