@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/ondoki serve
 
+worker: $(STAMP)
+	$(BIN)/ondoki worker --queues celery,media
+
 test: $(STAMP)
 	$(BIN)/pytest
 

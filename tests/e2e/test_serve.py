@@ -103,3 +103,18 @@ def test_bad_configuration_stops_start_up_with_one_line(
     assert len(lines) == 1, lines
     assert names in lines[0]
     assert "Traceback" not in server.output()
+
+
+@pytest.mark.redis
+def test_start_up_warns_when_queued_jobs_can_be_evicted(
+    start: Start, fresh_redis: RedisServer
+) -> None:
+    with fresh_redis.client() as admin:
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+    server = start(REDIS_URL=fresh_redis.url(0), ONDOKI_API_KEY=API_KEY).wait_ready()
+    assert "JOBS MAY BE LOST" in server.output()
+    assert "allkeys-lru" in server.output()
+    with fresh_redis.client() as admin:
+        admin.config_set("maxmemory-policy", "noeviction")
+    quiet = start(REDIS_URL=fresh_redis.url(0), ONDOKI_API_KEY=API_KEY).wait_ready()
+    assert "JOBS MAY BE LOST" not in quiet.output()
