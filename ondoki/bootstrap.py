@@ -16,7 +16,7 @@ import sniffio
 
 from ondoki.cache import NamespacedCache
 from ondoki.errors import ConfigError, OndokiError
-from ondoki.imports import Imports
+from ondoki.imports import Imports, public
 from ondoki.jobs import JobKinds, register_demo_kinds
 from ondoki.notifications import NotificationHub, job_notifier
 from ondoki.ports.cache import Cache
@@ -178,7 +178,7 @@ async def open_services(
             stack.push_async_callback(pubsub.aclose)
         await tasks.start(pubsub.run)
         hub = hub_for(settings, pubsub)
-        jobs = build_jobs(settings, kinds or build_kinds(settings), job_notifier(hub))
+        jobs = build_jobs(settings, kinds or build_kinds(settings), job_notifier(hub, public))
         stack.push_async_callback(jobs.aclose)
         if isinstance(jobs, Runnable):
             # The memory queue runs jobs inside this process (the embedded default).
@@ -192,6 +192,7 @@ async def open_services(
             max_bytes=settings.max_upload_bytes,
             key_ttl=settings.job_record_ttl_seconds,
         )
+        await tasks.start(imports.run)
         services = Services(
             settings=settings,
             api_key=api_key if api_key is not None else resolve_api_key(settings),
@@ -260,7 +261,7 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
             settings.broker,
             kinds=kinds,
             queues=queues,
-            notify=job_notifier(hub_for(settings, pubsub)),
+            notify=job_notifier(hub_for(settings, pubsub), public),
             namespace=settings.namespace,
             threads=1,
             record_ttl=settings.job_record_ttl_seconds,

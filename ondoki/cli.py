@@ -1,4 +1,4 @@
-"""The `ondoki` command: serve the API (and later run workers and checks)."""
+"""The `ondoki` command: serve the API, run the media worker, check the Redis setup."""
 
 from __future__ import annotations
 
@@ -117,6 +117,19 @@ def doctor(settings: Settings, as_json: bool) -> int:
     return 1 if any(f.severity == "error" for f in findings) else 0
 
 
+def _config_error(exc: BaseException | None, depth: int = 0) -> ConfigError | None:
+    if exc is None or depth > 8:
+        return None
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _config_error(inner, depth + 1)
+            if found is not None:
+                return found
+    return _config_error(exc.__cause__ or exc.__context__, depth + 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -138,11 +151,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.port = args.port
         _configure_logging(settings)
         serve(settings, args.worker_class)
-    except ConfigError as exc:
-        print(f"ondoki: configuration error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        # A ConfigError raised inside the app's lifespan or a task group arrives wrapped
+        # (ExceptionGroup, hypercorn's LifespanFailureError): still one line, exit 2.
+        config = _config_error(exc)
+        if config is None:
+            raise
+        print(f"ondoki: configuration error: {config}", file=sys.stderr)
+        return 2
     return 0
 
 

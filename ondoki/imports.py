@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import shutil
@@ -10,12 +11,16 @@ from collections.abc import AsyncIterable
 from pathlib import Path
 
 import anyio
+import anyio.abc
+import msgspec
 
 from ondoki.errors import InvalidInput, JobStateError, NotFound, TooLarge
 from ondoki.media import KIND, QUEUE, Guide, MediaLimits, probe, read_guide
 from ondoki.models import JobRecord
 from ondoki.ports.cache import Cache
 from ondoki.ports.jobs import JobQueue
+
+log = logging.getLogger("ondoki.imports")
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 _FRAME_NAME = re.compile(r"frames/step-\d{3,6}\.jpg")
@@ -45,6 +50,39 @@ class Imports:
         self.max_bytes = max_bytes
         self.limits = limits or MediaLimits()
         self.key_ttl = key_ttl
+
+    async def run(
+        self,
+        *,
+        every: float = 3600.0,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Sweep old imports every `every` seconds, for the life of the service."""
+        task_status.started()
+        while True:
+            removed = await self.sweep()
+            if removed:
+                log.info("removed %d import(s) older than their job records", removed)
+            await anyio.sleep(every)
+
+    async def sweep(self) -> int:
+        """Remove imports (upload and guide) untouched for longer than their job records
+        live: nobody can ask for them any more. Dead and cancelled imports are kept as long
+        as their records, so a dead one can still be retried."""
+        horizon = time.time() - self.key_ttl
+
+        def sweep() -> int:
+            removed = 0
+            for directory in self.root.glob("*"):
+                try:
+                    if directory.is_dir() and directory.stat().st_mtime < horizon:
+                        shutil.rmtree(directory, ignore_errors=True)
+                        removed += 1
+                except FileNotFoundError:
+                    continue  # another instance swept it first
+            return removed
+
+        return await anyio.to_thread.run_sync(sweep)
 
     async def known(self, user_id: str, idempotency_key: str | None) -> str | None:
         """The job already made for this key, if the cache remembers it (a fast path that
@@ -104,7 +142,7 @@ class Imports:
             raise NotFound("the guide is gone (its files were removed)") from None
         return guide, directory
 
-    def frame(self, record: JobRecord, guide: Guide, directory: Path, name: str) -> Path:
+    def frame(self, guide: Guide, directory: Path, name: str) -> Path:
         """The path of one of the guide's frames; only names the guide lists are served."""
         if not _FRAME_NAME.fullmatch(name) or name not in {s.frame for s in guide.steps}:
             raise NotFound(f"the guide has no frame {name!r}")
@@ -126,6 +164,17 @@ class Imports:
     @staticmethod
     def _key(user_id: str, key: str) -> str:
         return f"{user_id}/{key}"
+
+
+def public(record: JobRecord) -> JobRecord:
+    """`record` as its owner sees it: an import's result names its guide by URL, not by the
+    server's file path."""
+    result = record.result
+    if record.kind != KIND or not isinstance(result, dict) or "guide" not in result:
+        return record
+    return msgspec.structs.replace(
+        record, result={**result, "guide": f"/imports/{record.id}/guide"}
+    )
 
 
 def check_key(key: str) -> str:

@@ -9,15 +9,17 @@ import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import msgspec
+
+from ondoki.redact import url_password
 
 #: The ID of the request being handled, set by the web adapter; logged with every event.
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # scheme://user:password@host -> scheme://user:***@host, whatever the scheme.
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@")
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@]+@")
 _BEARER = re.compile(r"(?i)(bearer[ .])[A-Za-z0-9._~+/=-]+")
 _QUERY_PASSWORD = re.compile(r"(?i)(password=)[^&\s\"']+")
 
@@ -44,10 +46,9 @@ def secrets_of(urls: Iterable[str | None], *others: str | None) -> list[str]:
     """The passwords inside `urls` (raw and URL-decoded) and the other secrets given."""
     found = [s for s in others if s]
     for url in urls:
-        if url:
-            password = urlsplit(url).password
-            if password:
-                found += [password, unquote(password)]
+        password = url_password(url) if url else None
+        if password:
+            found += [password, unquote(password)]
     return found
 
 

@@ -203,6 +203,11 @@ class NotificationHub:
         self.stats.connections += 1
         try:
             code, reason = await self._serve(client, user_id, session, session_valid)
+        except OndokiError as exc:
+            # Before the tasks start (the anchor position, the first message): same answer
+            # as a failure later on.
+            log.warning("closing a client of %s: %s", user_id, exc)
+            code, reason = CloseCode.INTERNAL, "backend unavailable; reconnect and resume"
         finally:
             self.stats.connections -= 1
         if code != CloseCode.NORMAL or reason:
@@ -409,11 +414,15 @@ _JOB_EVENTS = {
 }
 
 
-def job_notifier(hub: NotificationHub) -> Callable[[JobRecord], Awaitable[None]]:
+def job_notifier(
+    hub: NotificationHub, present: Callable[[JobRecord], JobRecord] = lambda record: record
+) -> Callable[[JobRecord], Awaitable[None]]:
     """The JobQueue's `notify` callback: each change of a job reaches its owner's clients as
-    `job.progress`, `job.succeeded`, `job.failed`, `job.dead` or `job.cancelled`."""
+    `job.progress`, `job.succeeded`, `job.failed`, `job.dead` or `job.cancelled`, as
+    `present` shows the record to its owner."""
 
     async def notify(record: JobRecord) -> None:
+        record = present(record)
         event = _JOB_EVENTS.get(record.state)
         if record.owner is None or event is None:
             return  # `queued` is what the client saw when it enqueued; nothing to add

@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+import re
+
+_QUERY_PASSWORD = re.compile(r"(?i)((?:^|&)password=)[^&]*")
+
+
+def url_password(url: str) -> str | None:
+    """The password in `url`'s userinfo, read as text: a password with an unencoded "/" or
+    "#" breaks `urlsplit`, and must still be found to be hidden."""
+    _, sep, rest = url.partition("://")
+    main = rest.partition("?")[0]
+    at = main.rfind("@")
+    if not sep or at < 0:
+        return None
+    _, colon, password = main[:at].partition(":")
+    return password if colon and password else None
 
 
 def redact_url(url: str) -> str:
     """`url` with its password (and any `password=` query value) replaced by `***`."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user, sep, _password = userinfo.partition(":")
-        netloc = f"{user}:***@{hostport}" if sep else f"{userinfo}@{hostport}"
-    query = "&".join(
-        f"{name}=***" if name.lower() == "password" else f"{name}{sep}{value}"
-        for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
-    )
-    # Built by hand: urlunsplit turns "unix:///path" into "unix:/path".
-    return (
-        f"{parts.scheme}://{netloc}{parts.path}"
-        + (f"?{query}" if query else "")
-        + (f"#{parts.fragment}" if parts.fragment else "")
-    )
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<not a URL>"
+    main, qmark, query = rest.partition("?")
+    at = main.rfind("@")
+    if at >= 0:
+        user, colon, _ = main[:at].partition(":")
+        main = (f"{user}:***" if colon else user) + main[at:]
+    query = _QUERY_PASSWORD.sub(r"\1***", query)
+    return f"{scheme}://{main}{qmark}{query}"

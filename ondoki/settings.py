@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from ondoki.errors import ConfigError
-from ondoki.redact import redact_url
+from ondoki.redact import redact_url, url_password
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -67,7 +67,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     worker_heartbeat_timeout_seconds: Seconds = 60.0
     worker_requeue_interval_seconds: Seconds = 5.0
     worker_lease_ttl_seconds: Seconds = 30.0
-    worker_poll_interval_seconds: Seconds = 1.0
+    worker_poll_interval_seconds: Seconds = 0.05
     worker_stop_timeout_seconds: Seconds = 600.0
 
     cache_default_ttl_seconds: Seconds = 86_400.0
@@ -176,6 +176,8 @@ def _check(settings: Settings) -> None:
                 env_name(field),
                 f"must be a redis://, rediss:// or unix:// URL, got {redact_url(url)}",
             )
+        if url is not None:
+            _check_url(env_name(field), url)
     if (settings.broker_url or settings.result_backend) and settings.redis_url is None:
         raise ConfigError(
             "CELERY_BROKER_URL",
@@ -198,9 +200,28 @@ def _check(settings: Settings) -> None:
         raise ConfigError("ONDOKI_STATE_TTL_SECONDS", "is larger than ONDOKI_STATE_MAX_TTL_SECONDS")
 
 
+def _check_url(variable: str, url: str) -> None:
+    # The value is never echoed: a malformed URL is often a password that needs encoding.
+    problem = (
+        "is not a valid Redis URL (expected redis://[user:password@]host[:port][/db]; "
+        "percent-encode special characters of the password, e.g. / as %2F)"
+    )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError(variable, problem) from None
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError(variable, "a unix:// URL needs the socket's path")
+        return
+    db = parts.path.lstrip("/")
+    if not parts.hostname or (db and not db.isdigit()):
+        raise ConfigError(variable, problem)
+
+
 def _has_password(url: str) -> bool:
-    parts = urlsplit(url)
-    return bool(parts.password) or "password=" in parts.query
+    return url_password(url) is not None or "password=" in urlsplit(url).query
 
 
 def _check_production(settings: Settings) -> None:

@@ -5,7 +5,7 @@ channel's last publish):
 
 - `ns:meta:c`, a hash: `epoch` (random) and `offset` (the latest message's offset);
 - `ns:history:c`, a stream with explicit entry ids `0-<offset>`, trimmed to `history_size`;
-- `ns:idem:c:<key>`, the position an idempotency key was first published at;
+- `ns:idem:<sha256(c, key)>`, the position an idempotency key was first published at;
 - `ns:notify:c`, the pub/sub channel, carrying msgpack `(epoch, offset, payload)`.
 
 One Lua script publishes (so offsets, history and pub/sub order always agree) and another
@@ -15,6 +15,7 @@ owned by `run`; whenever it is lost, every subscription is repaired from history
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -364,7 +365,10 @@ class RedisPubSub:
     ) -> Position:
         keys = [self._key("meta", channel), self._key("history", channel)]
         if idempotency_key is not None:
-            keys.append(f"{self.namespace}:idem:{channel}:{idempotency_key}")
+            # Hashed: channel names and keys may both contain ":", and ("a", "b:c") must
+            # not share a key with ("a:b", "c").
+            digest = hashlib.sha256(f"{channel}\0{idempotency_key}".encode()).hexdigest()
+            keys.append(f"{self.namespace}:idem:{digest}")
         args: list[bytes | str | int] = [
             secrets.token_hex(8),
             self._ttl_ms,

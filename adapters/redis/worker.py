@@ -89,7 +89,7 @@ class WorkerOptions:
     lease_ttl: float = 30.0
     #: How long idle consumers and worker threads sleep between polls (dramatiq's
     #: `worker_timeout`): the longest a queued job waits for an idle worker.
-    poll_interval: float = 1.0
+    poll_interval: float = 0.05
     #: How often `checkpoint` asks Redis whether the job was cancelled.
     cancel_check_interval: float = 1.0
     #: How long a stopping worker waits for running handlers that do not checkpoint.
@@ -487,8 +487,11 @@ async def run_worker(
         worker_threads=threads,
     )
     # dramatiq's default holds 2 messages per thread and queue; the broker's `capacity`
-    # keeps the whole worker to what it can run at once.
-    worker.queue_prefetch = threads
+    # keeps the whole worker to what it can run at once. One more than that per queue lets
+    # a consumer ask for the next message while the current one is being acked: the gate
+    # then hands it over as soon as the slot is free (see JobBroker.do_fetch).
+    worker.queue_prefetch = threads + 1
+    broker.fetch_wait = options.poll_interval
 
     async with anyio.create_task_group() as root:
         root.start_soon(_housekeeping, runner, receive, notify, options)

@@ -14,6 +14,9 @@ from ondoki.logs import request_id
 
 log = logging.getLogger("ondoki.access")
 
+# Label values come from this set only: a client can send any method token, and every new
+# label value is a new series kept forever.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -74,7 +77,8 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            method = scope.get("method", "WS") if scope["type"] == "http" else "WS"
+            method = scope.get("method", "") if scope["type"] == "http" else "WS"
+            method = method if method in _METHODS or method == "WS" else "other"
             route = _route(scope)
             self.metrics.requests.labels(method, route, str(status or 500)).inc()
             if scope["type"] == "http":

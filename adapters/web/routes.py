@@ -22,6 +22,7 @@ from adapters.web.http import (
 )
 from adapters.web.ws import websocket_endpoint
 from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge
+from ondoki.imports import public
 from ondoki.models import JobRecord
 from ondoki.sessions import session_id
 
@@ -118,7 +119,7 @@ async def job(request: Request) -> Response:
     record = await _owned_job(request)
     if request.method == "DELETE":
         record = await services(request).jobs.cancel(record.id)
-    return json_response(record)
+    return json_response(public(record))
 
 
 _VIDEO_TYPES = ("video/", "application/octet-stream")
@@ -144,9 +145,8 @@ async def create_import(request: Request) -> Response:
 
 async def import_guide(request: Request) -> Response:
     record = await _owned_job(request)
-    guide, _ = await services(request).imports.guide(record)
+    guide, directory = await services(request).imports.guide(record)
     if request.query_params.get("format") == "md":
-        directory = services(request).imports.guide_dir(record)
         return FileResponse(directory / "guide.md", media_type="text/markdown; charset=utf-8")
     base = f"/imports/{record.id}/"
     steps = [
@@ -159,7 +159,7 @@ async def import_frame(request: Request) -> Response:
     record = await _owned_job(request)
     imports = services(request).imports
     guide, directory = await imports.guide(record)
-    path = imports.frame(record, guide, directory, "frames/" + request.path_params["name"])
+    path = imports.frame(guide, directory, "frames/" + request.path_params["name"])
     return FileResponse(path, media_type="image/jpeg")
 
 
@@ -168,13 +168,14 @@ async def dead_jobs(request: Request) -> Response:
     raw = request.query_params.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         raise InvalidInput("limit must be an integer from 1 to 1000")
-    return json_response({"jobs": await services(request).jobs.dead(limit=int(raw))})
+    dead = await services(request).jobs.dead(limit=int(raw))
+    return json_response({"jobs": [public(record) for record in dead]})
 
 
 async def retry_job(request: Request) -> Response:
     require_api_key(request)
     record = await services(request).jobs.retry(request.path_params["job_id"])
-    return json_response(record, 202)
+    return json_response(public(record), 202)
 
 
 def _ttl_param(request: Request) -> float | None:

@@ -18,10 +18,6 @@ SUBPROTOCOL = "ondoki.v1"
 _BEARER_PREFIX = "bearer."
 
 
-class MessageTooBig(Exception):
-    pass
-
-
 class _Socket:
     """A Starlette WebSocket as the hub's `ClientConnection`."""
 
@@ -67,6 +63,16 @@ def _credentials(websocket: WebSocket) -> tuple[str | None, str | None]:
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
+    # Nothing may escape: Starlette's error handlers answer with HTTP responses, which an
+    # upgraded connection cannot take.
+    try:
+        await _websocket(websocket)
+    except Exception:
+        log.exception("WebSocket failed")
+        await _Socket(websocket, 0).close(CloseCode.INTERNAL, "internal error; reconnect")
+
+
+async def _websocket(websocket: WebSocket) -> None:
     found = services(websocket)
     token, subprotocol = _credentials(websocket)
     if token is None:

@@ -457,3 +457,13 @@ async def test_unknown_epoch_whose_start_is_trimmed_gives_a_gap_at_the_latest(
             assert gap.position == positions[-1]
             await pubsub.publish("trimmed-epoch", b"m7")
             assert payloads(await take(subscription, 1)) == [b"m7"]
+
+
+async def test_idempotency_keys_are_per_channel_even_with_colons(
+    pubsub: InspectablePubSub,
+) -> None:
+    first = await pubsub.publish("a", b"to a", idempotency_key="b:c")
+    second = await pubsub.publish("a:b", b"to a:b", idempotency_key="c")
+    assert first.offset == 1 and second.offset == 1
+    assert second.epoch != first.epoch
+    assert (await pubsub.position("a:b")).offset == 1

@@ -9,10 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx2 as httpx
 
+from ondoki.redact import url_password
 from tests.redis_server import free_port
 
 # Variables a developer's shell may have set that would change what the test starts.
@@ -39,7 +39,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         if name == "ONDOKI_API_KEY":
             remember_secret(value)
         elif "://" in value:
-            password = urlsplit(value).password
+            password = url_password(value)
             if password:
                 remember_secret(password)
     return env

@@ -90,6 +90,7 @@ def test_readyz_follows_redis(start: Start, fresh_redis: RedisServer) -> None:
     [
         ((), {"ONDOKI_PORT": "eighty"}, "ONDOKI_PORT"),
         ((), {"REDIS_URL": "http://nope"}, "REDIS_URL"),
+        ((), {"REDIS_URL": "redis://:s3cr3tPW/x9@127.0.0.1:1/0"}, "REDIS_URL"),
         ((), {"ONDOKI_ENV": "production"}, "ONDOKI_API_KEY"),
         (("--worker-class", "trio"), {"REDIS_URL": "redis://127.0.0.1:1/0"}, "trio"),
     ],

@@ -11,7 +11,8 @@ import anyio.abc
 import pytest
 
 from adapters.memory.pubsub import MemoryPubSub
-from ondoki.errors import InvalidInput, TooLarge
+from ondoki.errors import InvalidInput, PubSubError, TooLarge
+from ondoki.models import Position
 from ondoki.notifications import CloseCode, NotificationHub
 
 pytestmark = pytest.mark.anyio
@@ -288,3 +289,17 @@ async def test_idempotent_publish_delivers_once(hub: NotificationHub, serve: Ser
     assert first == again
     await hub.publish("alice", "next")
     assert [f["event"]["type"] for f in await client.notifications(2)] == ["once", "next"]
+
+
+class BrokenPubSub(MemoryPubSub):
+    async def position(self, channel: str) -> Position:
+        raise PubSubError("pubsub position: cannot reach Redis")
+
+
+async def test_backend_failure_before_streaming_closes_with_1011() -> None:
+    hub = NotificationHub(BrokenPubSub(), resume_wait=0.01)
+    client = FakeClient()
+    with anyio.fail_after(3):
+        assert await hub.serve(client, "alice", "s") == CloseCode.INTERNAL
+    assert client.closed is not None and client.closed[0] == CloseCode.INTERNAL
+    assert hub.stats.connections == 0

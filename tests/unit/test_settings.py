@@ -190,3 +190,32 @@ def test_production_refusals(environ: dict[str, str], variable: str, says: str) 
 )
 def test_production_accepts(extra: dict[str, str]) -> None:
     assert load_settings({**PROD, **extra}).env == "production"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cr3tPW/x9@127.0.0.1:1/0",  # an unencoded "/" in the password
+        "redis://127.0.0.1:abc/0",
+        "redis://:pw@/0",
+        "redis://host/not-a-db",
+        "redis://[::1/0",
+        "unix://",
+    ],
+)
+def test_malformed_redis_urls_are_named_without_echoing_them(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"REDIS_URL": url})
+    assert caught.value.variable == "REDIS_URL"
+    assert "s3cr3tPW" not in str(caught.value)
+    assert "x9" not in str(caught.value)
+
+
+def test_a_password_with_a_slash_is_still_redacted() -> None:
+    from ondoki.logs import Redactor, secrets_of
+
+    url = "redis://:s3cr3tPW/x9@127.0.0.1:1/0"
+    assert redact_url(url) == "redis://:***@127.0.0.1:1/0"
+    redactor = Redactor(secrets_of([url]))
+    assert "s3cr3tPW" not in redactor(f"connecting to {url} failed: s3cr3tPW/x9")
+    assert "s3cr3tPW" not in Redactor()(f"connecting to {url}")

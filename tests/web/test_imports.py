@@ -3,6 +3,7 @@ upload, progress, guide and frames; every bad upload refused with a reason, noth
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -94,6 +95,8 @@ def test_upload_runs_the_import_and_serves_the_guide(app: App, video: bytes) -> 
     record = app.wait(job_id, alice, "succeeded", "dead")
     assert record["state"] == "succeeded", record
     assert record["progress"] == 1.0 and record["owner"] == "alice"
+    # The result names the guide by URL, never by the server's file path.
+    assert record["result"]["guide"] == f"/imports/{job_id}/guide"
 
     guide = app.client.get(f"/imports/{job_id}/guide", headers=alice).json()
     assert len(guide["steps"]) == 3
@@ -206,3 +209,19 @@ def test_cancel_a_job(app: App) -> None:
     assert response.json()["state"] in {"cancelled", "dead"}
     assert app.wait(job_id, alice, "cancelled", "dead")["state"] == "cancelled"
     error_of(app.client.delete(f"/jobs/{job_id}", headers=app.login("bob")), 404)
+
+
+def test_old_imports_are_swept_and_recent_ones_kept(app: App, video: bytes) -> None:
+    alice = app.login("alice")
+    headers = {**alice, "Content-Type": "video/mp4"}
+    old = app.client.post("/imports", content=video, headers=headers).json()["job_id"]
+    app.wait(old, alice, "succeeded")
+    [old_dir] = app.uploads()
+    ancient = time.time() - app.services.imports.key_ttl - 60
+    os.utime(old_dir, (ancient, ancient))
+    fresh = app.client.post("/imports", content=video, headers=headers).json()["job_id"]
+    app.wait(fresh, alice, "succeeded")
+    assert app.client.portal is not None
+    assert app.client.portal.call(app.services.imports.sweep) == 1
+    assert old_dir not in app.uploads() and len(app.uploads()) == 1
+    error_of(app.client.get(f"/imports/{old}/guide", headers=alice), 404)

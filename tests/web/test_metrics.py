@@ -48,3 +48,14 @@ def test_request_ids_are_echoed_or_made(api: Api) -> None:
     assert re.fullmatch(r"[0-9a-f]{16}", made.headers["x-request-id"])
     error = api.client.get("/nowhere")
     assert error.headers["x-request-id"]
+
+
+def test_made_up_methods_do_not_grow_metrics(api: Api) -> None:
+    for n in range(20):
+        api.client.request(f"ZZ{n}", "/healthz")
+    text = api.client.get("/metrics").text
+    assert "ZZ" not in text
+    assert (
+        metric(text, "ondoki_http_requests_total", 'method="other",route="/healthz",status="405"')
+        == 20
+    )
