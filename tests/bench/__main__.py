@@ -12,11 +12,16 @@ from pathlib import Path
 
 import anyio
 
-from tests.bench import cache
+from tests.bench import cache, jobs, media, notifications
 from tests.bench.report import Figure, print_figures, save
 from tests.redis_server import RedisServer
 
-SECTIONS = {"cache": cache.run}
+SECTIONS = {
+    "cache": cache.run,
+    "notifications": notifications.run,
+    "jobs": jobs.run,
+    "media": media.run,
+}
 
 
 async def main(sections: list[str], scale: float) -> list[Figure]:

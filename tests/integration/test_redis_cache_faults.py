@@ -95,3 +95,27 @@ async def test_given_client_is_used_and_left_open(redis_server: RedisServer) -> 
     await cache.aclose()
     assert await client.get("on-db-3") == b"x"
     await client.aclose()
+
+
+async def test_a_burst_waits_for_pool_connections_instead_of_failing(
+    redis_server: RedisServer,
+) -> None:
+    import anyio
+
+    from adapters.redis.connection import connect
+
+    client = connect(redis_server.url(0), max_connections=2)
+    cache = RedisCache(client=client)
+    await cache.set("k", b"v")
+    results: list[bytes | None] = []
+
+    async def read() -> None:
+        results.append(await cache.get("k"))
+
+    # 100 concurrent reads over 2 connections: 98 must wait their turn (they failed with
+    # "Too many connections" before the pool blocked).
+    async with anyio.create_task_group() as tasks:
+        for _ in range(100):
+            tasks.start_soon(read)
+    assert results == [b"v"] * 100
+    await client.aclose()
