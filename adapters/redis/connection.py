@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,6 +24,32 @@ _TRANSIENT = (rex.ConnectionError, rex.TimeoutError)
 _PERMANENT = (rex.AuthenticationError, rex.AuthorizationError)
 
 
+class WaitingConnectionPool(aioredis.ConnectionPool):
+    """redis-py's pool, but a caller finding every connection in use waits (up to
+    `wait_timeout`) for one to come back instead of failing with "Too many connections".
+
+    The fast path is the plain pool's: redis-py's BlockingConnectionPool makes every call
+    pay for a condition and a queue (measured: 16% slower GETs), for the rare burst.
+    """
+
+    def __init__(self, *args: Any, wait_timeout: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wait_timeout = wait_timeout
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.wait_timeout
+        pause = 0.001
+        get: Callable[..., Awaitable[Any]] = super().get_connection
+        while True:
+            try:
+                return await get(*args, **kwargs)
+            except rex.MaxConnectionsError:
+                if time.monotonic() >= deadline:
+                    raise
+                await anyio.sleep(pause)
+                pause = min(pause * 2, 0.05)
+
+
 def connect(
     url: str,
     *,
@@ -33,7 +60,7 @@ def connect(
 ) -> aioredis.Redis:
     """An asyncio client for `url`; `db` overrides the URL's database number.
 
-    Its pool blocks for a free connection (up to `timeout`) when `max_connections` are in
+    Its pool waits for a free connection (up to `timeout`) when `max_connections` are in
     use, instead of failing: a burst of clients connecting at once must wait, not be
     refused (measured: 87 of 1,000 WebSockets closed with "Too many connections" otherwise).
     redis-py's own retries are turned off: it would replay non-idempotent commands such as
@@ -44,14 +71,14 @@ def connect(
         "socket_connect_timeout": timeout,
         "client_name": client_name,
         "max_connections": max_connections,
-        "timeout": timeout,
+        "wait_timeout": timeout,
         "retry": Retry(NoBackoff(), 0),
         "health_check_interval": 15,
     }
     if db is not None:
         options["db"] = db
     try:
-        pool = aioredis.BlockingConnectionPool.from_url(url, **options)
+        pool = WaitingConnectionPool.from_url(url, **options)
     except ValueError:
         # Settings validate URLs first; never echo one here (it may hold a password).
         raise ConfigError("REDIS_URL", f"not a usable Redis URL: {redact_url(url)}") from None

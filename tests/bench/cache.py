@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import statistics
+
 import redis.asyncio as aioredis
 
 from adapters.memory.cache import MemoryCache
 from adapters.redis.cache import RedisCache
-from tests.bench.report import Figure, interleaved
+from tests.bench.report import Figure, interleaved, paired_ratio, rounds_of
 from tests.redis_server import RedisServer
 
 GOAL = 1.15
 
 
 async def run(server: RedisServer, *, scale: float = 1.0) -> list[Figure]:
-    count, rounds = max(200, int(5_000 * scale)), 7
+    count, rounds = max(100, int(1_000 * scale)), 41
     value = b"x" * 512
     ours = RedisCache(server.url(0))
     bare = aioredis.Redis.from_url(server.url(0))
     await ours.set("bench:ours", value, ttl=600)
     await bare.set("bench:bare", value, px=600_000)
     try:
-        t = await interleaved(
+        samples = await rounds_of(
             {
                 "ours get": lambda: ours.get("bench:ours"),
                 "bare get": lambda: bare.get("bench:bare"),
@@ -34,9 +36,10 @@ async def run(server: RedisServer, *, scale: float = 1.0) -> list[Figure]:
         await ours.aclose()
         await bare.aclose()
 
+    t = {name: statistics.median(values) for name, values in samples.items()}
     figures = []
     for op in ("get", "set"):
-        ratio = t[f"ours {op}"] / t[f"bare {op}"]
+        ratio = paired_ratio(samples[f"ours {op}"], samples[f"bare {op}"])
         figures.append(
             Figure(
                 "cache",

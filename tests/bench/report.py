@@ -29,16 +29,31 @@ async def timed(operation: Callable[[], Awaitable[object]], count: int) -> float
     return (time.perf_counter() - start) / count
 
 
+async def rounds_of(
+    candidates: dict[str, Callable[[], Awaitable[object]]], *, count: int, rounds: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, per round; rounds alternate the candidates (and
+    their order) so that drift in the machine's load falls on every candidate alike."""
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    names = list(candidates)
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else reversed(names):
+            samples[name].append(await timed(candidates[name], count))
+    return samples
+
+
 async def interleaved(
     candidates: dict[str, Callable[[], Awaitable[object]]], *, count: int, rounds: int
 ) -> dict[str, float]:
-    """Median seconds per call of each candidate, run in alternating rounds so that drift
-    in the machine's load falls on every candidate alike."""
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, operation in candidates.items():
-            samples[name].append(await timed(operation, count))
+    """Median seconds per call of each candidate over alternating rounds."""
+    samples = await rounds_of(candidates, count=count, rounds=rounds)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def paired_ratio(ours: list[float], peer: list[float]) -> float:
+    """The median of round-by-round ratios: each pair ran back to back, under the same
+    load, which cancels most of a shared machine's noise."""
+    return statistics.median(a / b for a, b in zip(ours, peer, strict=True))
 
 
 def print_figures(figures: list[Figure]) -> None:
