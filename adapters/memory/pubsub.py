@@ -15,6 +15,7 @@ from anyio.abc import TaskStatus
 from ondoki.cursor import Cursor
 from ondoki.errors import InvalidInput, PubSubError
 from ondoki.models import Delivery, Message, Position
+from ondoki.subscription import BufferedSubscription
 
 
 class _History:
@@ -41,61 +42,18 @@ class _History:
         return None if entry is None else entry[0]
 
 
-class _MemorySubscription:
-    """One subscriber's view: a replay queue, a bounded live buffer, and its cursor."""
+class _MemorySubscription(BufferedSubscription):
+    """One subscriber's view; history is read in process, so a repair never waits."""
 
     def __init__(self, pubsub: MemoryPubSub, cursor: Cursor, replay: list[Delivery]) -> None:
+        super().__init__(cursor, pubsub.buffer)
         self._pubsub = pubsub
-        self._cursor = cursor
-        self._ready: deque[Delivery] = deque(replay)
-        self._inbox: deque[Message] = deque()
+        self._ready.extend(replay)
+
+    async def _repair(self) -> None:
         self._stale = False
-        self._closed = False
-        self._wake: anyio.Event | None = None
-
-    def _push(self, message: Message) -> None:
-        if len(self._inbox) >= self._pubsub.buffer:
-            # Drop rather than block the publisher: the dropped messages are in history,
-            # and the next read refills from there.
-            self._inbox.clear()
-            self._stale = True
-        else:
-            self._inbox.append(message)
-        self._notify()
-
-    def _notify(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-
-    def _close(self) -> None:
-        self._closed = True
-        self._notify()
-
-    def __aiter__(self) -> _MemorySubscription:
-        return self
-
-    async def __anext__(self) -> Delivery:
-        await anyio.lowlevel.checkpoint()
-        while True:
-            if self._ready:
-                return self._ready.popleft()
-            if self._closed:
-                raise StopAsyncIteration
-            if self._stale:
-                self._stale = False
-                cursor = self._cursor
-                self._ready.extend(cursor.catch_up(*self._pubsub._snapshot(cursor.channel, cursor)))
-                continue
-            if self._inbox:
-                message = self._inbox.popleft()
-                verdict = self._cursor.accept(message.position)
-                if verdict:
-                    return message
-                if verdict is None:
-                    self._stale = True
-                continue
-            self._wake = anyio.Event()
-            await self._wake.wait()
+        cursor = self._cursor
+        self._ready.extend(cursor.catch_up(*self._pubsub._snapshot(cursor.channel, cursor)))
 
 
 class MemoryPubSub:

@@ -20,7 +20,6 @@ import logging
 import math
 import random
 import secrets
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -36,7 +35,8 @@ from redis.asyncio.connection import AbstractConnection
 from adapters.redis.connection import call, connect, describe
 from ondoki.cursor import Cursor
 from ondoki.errors import InvalidInput, PubSubError
-from ondoki.models import Delivery, Gap, Message, Position
+from ondoki.models import Gap, Message, Position
+from ondoki.subscription import BufferedSubscription
 
 T = TypeVar("T")
 
@@ -128,53 +128,13 @@ class _Channel:
         self.sent, self.pending, self.live = False, 0, False
 
 
-class _RedisSubscription:
-    """One subscriber's view: a replay queue, a bounded live buffer, and its cursor."""
+class _RedisSubscription(BufferedSubscription):
+    """One subscriber's view of a channel on this instance's pub/sub connection."""
 
     def __init__(self, pubsub: RedisPubSub, channel: _Channel) -> None:
+        super().__init__(Cursor(channel.name, "", 0), pubsub.buffer)
         self._pubsub = pubsub
         self._channel = channel
-        self._cursor = Cursor(channel.name, "", 0)
-        self._ready: deque[Delivery] = deque()
-        self._inbox: deque[Message] = deque()
-        # Stale: the live buffer is incomplete (overflow or a lost connection) and history
-        # must fill it in. `_drops` counts the times, so a repair that raced with a new
-        # drop knows it is not done.
-        self._stale = False
-        self._drops = 0
-        self._closed = False
-        self._wake: anyio.Event | None = None
-
-    # -- called by the reader --------------------------------------------------------------
-
-    def _push(self, message: Message) -> None:
-        if len(self._inbox) >= self._pubsub.buffer:
-            # Drop rather than slow the reader (and every other subscriber): the dropped
-            # messages are in history, and the next read refills from there.
-            self._lose_buffer()
-        else:
-            self._inbox.append(message)
-            self._notify()
-
-    def _lose_buffer(self) -> None:
-        self._inbox.clear()
-        self._stale = True
-        self._drops += 1
-        self._notify()
-
-    def _notify(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-
-    def _close(self) -> None:
-        self._closed = True
-        self._notify()
-
-    # -- the consumer's side ---------------------------------------------------------------
-
-    async def _sleep(self) -> None:
-        self._wake = anyio.Event()
-        await self._wake.wait()
 
     async def _wait_live(self) -> None:
         while not self._channel.live:
@@ -218,29 +178,6 @@ class _RedisSubscription:
         self._pubsub.repaired += sum(isinstance(d, Message) for d in repaired)
         self._pubsub.gaps += sum(isinstance(d, Gap) for d in repaired)
         self._ready.extend(repaired)
-
-    def __aiter__(self) -> _RedisSubscription:
-        return self
-
-    async def __anext__(self) -> Delivery:
-        await anyio.lowlevel.checkpoint()
-        while True:
-            if self._ready:
-                return self._ready.popleft()
-            if self._closed:
-                raise StopAsyncIteration
-            if self._stale:
-                await self._repair()
-                continue
-            if self._inbox:
-                message = self._inbox.popleft()
-                verdict = self._cursor.accept(message.position)
-                if verdict:
-                    return message
-                if verdict is None:
-                    self._stale = True
-                continue
-            await self._sleep()
 
 
 class RedisPubSub:

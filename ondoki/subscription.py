@@ -1,0 +1,90 @@
+"""The consumer's side of a subscription, shared by every PubSub adapter."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import anyio
+import anyio.lowlevel
+
+from ondoki.cursor import Cursor
+from ondoki.models import Delivery, Message
+
+
+class BufferedSubscription:
+    """A replay queue, a bounded live buffer and a cursor; adapters push live messages in
+    (`_push`) and say how to refill from history (`_repair`).
+
+    A full buffer is dropped rather than blocking whoever pushes (the publisher, or the
+    one reader all subscriptions share): the dropped messages are in history, and the next
+    read refills from there. `_drops` counts the drops, so a repair that raced with a new
+    one knows it is not done.
+    """
+
+    def __init__(self, cursor: Cursor, buffer: int) -> None:
+        self._cursor = cursor
+        self._buffer = buffer
+        self._ready: deque[Delivery] = deque()
+        self._inbox: deque[Message] = deque()
+        # Stale: the live buffer is incomplete (overflow, a lost connection, a hole) and
+        # history must fill it in.
+        self._stale = False
+        self._drops = 0
+        self._closed = False
+        self._wake: anyio.Event | None = None
+
+    # -- the producer's side ---------------------------------------------------------------
+
+    def _push(self, message: Message) -> None:
+        if len(self._inbox) >= self._buffer:
+            self._lose_buffer()
+        else:
+            self._inbox.append(message)
+            self._notify()
+
+    def _lose_buffer(self) -> None:
+        self._inbox.clear()
+        self._stale = True
+        self._drops += 1
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._notify()
+
+    # -- the consumer's side ---------------------------------------------------------------
+
+    async def _sleep(self) -> None:
+        self._wake = anyio.Event()
+        await self._wake.wait()
+
+    async def _repair(self) -> None:
+        """Refill `_ready` from history after `_cursor`, and clear `_stale` when done."""
+        raise NotImplementedError
+
+    def __aiter__(self) -> BufferedSubscription:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        await anyio.lowlevel.checkpoint()
+        while True:
+            if self._ready:
+                return self._ready.popleft()
+            if self._closed:
+                raise StopAsyncIteration
+            if self._stale:
+                await self._repair()
+                continue
+            if self._inbox:
+                message = self._inbox.popleft()
+                verdict = self._cursor.accept(message.position)
+                if verdict:
+                    return message
+                if verdict is None:
+                    self._stale = True
+                continue
+            await self._sleep()
