@@ -31,6 +31,7 @@ import numpy.typing as npt
 from ondoki.errors import RetryableJobError, UnsupportedMedia
 from ondoki.media.probe import (
     MediaLimits,
+    PacketDecoder,
     VideoInfo,
     check_complete,
     describe,
@@ -41,10 +42,6 @@ from ondoki.media.probe import (
 Thumb = npt.NDArray[np.int16]
 Progress = Callable[[float], None]
 Checkpoint = Callable[[], None]
-
-# Corrupt packets FFmpeg reports but conceals are tolerated up to this many, and this share.
-_MAX_BAD_PACKETS = 10
-_MAX_BAD_SHARE = 0.05
 
 
 class SceneOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -163,7 +160,8 @@ def extract_steps(
     next_sample = -np.inf
     t = end = 0.0  # the latest picture's time, and where the pictures end
     data_end = 0.0  # where any stream's packets end, to tell a truncated file
-    packets = bad = frames = 0
+    frames = 0
+    decoder = PacketDecoder("video data")
 
     def close(start: float, stop: float) -> None:
         assert kept is not None
@@ -183,18 +181,7 @@ def extract_steps(
                 data_end = max(data_end, _packet_end(packet, origin))
                 if packet.stream.index != video.index:
                     continue
-                packets += 1
-                try:
-                    decoded = packet.decode()
-                except av.error.InvalidDataError:
-                    bad += 1
-                    if bad > _MAX_BAD_PACKETS and bad > _MAX_BAD_SHARE * packets:
-                        raise UnsupportedMedia(
-                            f"the video data is damaged: {bad} of the first {packets} "
-                            "packets cannot be decoded"
-                        ) from None
-                    continue
-                for frame in decoded:
+                for frame in decoder.frames(packet.decode):
                     if not isinstance(frame, av.VideoFrame):
                         continue
                     frames += 1

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import av.codec.context
@@ -29,6 +30,39 @@ _COVER_ART = av.stream.Disposition.attached_pic
 _FIRST_FRAME_PACKETS = 600
 _TAIL_PACKETS = 4_000
 _TAIL_SECONDS = 3.0
+
+
+T = TypeVar("T")
+
+# Corrupt packets FFmpeg reports but conceals are tolerated up to this many, and this share.
+_MAX_BAD_PACKETS = 10
+_MAX_BAD_SHARE = 0.05
+
+
+class PacketDecoder:
+    """Decodes one stream's packets, tolerating a few corrupt ones (FFmpeg conceals them)
+    and refusing the file with `UnsupportedMedia` once too many are; `what` names the
+    stream in that message ("video data", "audio track")."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.packets = 0
+        self.bad = 0
+
+    def frames(self, decode: Callable[[], list[T]]) -> list[T]:
+        """What `decode` (a packet's bound `decode`) returns; none for a tolerated corrupt
+        packet."""
+        self.packets += 1
+        try:
+            return decode()
+        except av.error.InvalidDataError:
+            self.bad += 1
+            if self.bad > _MAX_BAD_PACKETS and self.bad > _MAX_BAD_SHARE * self.packets:
+                raise UnsupportedMedia(
+                    f"the {self.what} is damaged: {self.bad} of the first {self.packets} "
+                    "packets cannot be decoded"
+                ) from None
+            return []
 
 
 class MediaLimits(msgspec.Struct, frozen=True, kw_only=True):

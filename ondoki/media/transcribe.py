@@ -19,15 +19,13 @@ import av.container
 import msgspec
 
 from ondoki.errors import UnsupportedMedia
-from ondoki.media.probe import audio_stream, describe, open_video
+from ondoki.media.probe import PacketDecoder, audio_stream, describe, open_video
 
 Progress = Callable[[float], None]
 Checkpoint = Callable[[], None]
 
 #: What speech recognisers are fed: 16 kHz mono signed 16-bit PCM.
 SAMPLE_RATE = 16_000
-_MAX_BAD_PACKETS = 10
-_MAX_BAD_SHARE = 0.05
 
 
 class Word(msgspec.Struct, frozen=True):
@@ -86,22 +84,12 @@ def pcm_chunks(
         duration = (container.duration or 0) / av.time_base
         resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         shape: tuple[str, str, int] | None = None
-        written = packets = bad = 0
+        written = 0
+        decoder = PacketDecoder("audio track")
         try:
             for packet in container.demux(stream):
                 checkpoint()
-                packets += 1
-                try:
-                    frames = packet.decode()
-                except av.error.InvalidDataError:
-                    bad += 1
-                    if bad > _MAX_BAD_PACKETS and bad > _MAX_BAD_SHARE * packets:
-                        raise UnsupportedMedia(
-                            f"the audio track is damaged: {bad} of the first {packets} "
-                            "packets cannot be decoded"
-                        ) from None
-                    continue
-                for frame in frames:
+                for frame in decoder.frames(packet.decode):
                     now = (frame.format.name, frame.layout.name, frame.sample_rate)
                     if shape is not None and now != shape:
                         # The resampler is set up by its first frame and refuses others:
