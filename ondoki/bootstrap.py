@@ -50,9 +50,12 @@ def resolve_api_key(settings: Settings) -> str:
     return key
 
 
-def check_backend(settings: Settings) -> None:
-    """Refuse combinations that cannot work, before anything is opened."""
-    if settings.uses_redis and sniffio.current_async_library() == "trio":
+def check_backend(settings: Settings, library: str | None = None) -> None:
+    """Refuse combinations that cannot work, before anything is opened. `library` is the
+    async library that will run the service (default: the one running now)."""
+    if library is None:
+        library = sniffio.current_async_library()
+    if settings.uses_redis and library == "trio":
         raise ConfigError(
             "REDIS_URL",
             "the Redis adapters need asyncio (redis-py has no trio support); "
