@@ -92,16 +92,21 @@ class MetricsEndpoint:
         self.registry = registry
         self.collector = ServiceCollector()
         registry.register(self.collector)
+        # The collector holds one scrape's job stats: scrapes take turns, or two could mix.
+        self._scraping: anyio.Lock | None = None
 
     async def handle(self, request: Request) -> Response:
         found = services(request)
-        self.collector.services = found
-        try:
-            with anyio.fail_after(STATS_TIMEOUT):
-                self.collector.jobs = await found.jobs.stats()
-        except (OndokiError, TimeoutError) as exc:
-            # The rest of the metrics still say something useful while the broker is down.
-            log.warning("job metrics unavailable: %s", exc)
-            self.collector.jobs = None
-        body = await anyio.to_thread.run_sync(generate_latest, self.registry)
+        if self._scraping is None:
+            self._scraping = anyio.Lock()
+        async with self._scraping:
+            self.collector.services = found
+            try:
+                with anyio.fail_after(STATS_TIMEOUT):
+                    self.collector.jobs = await found.jobs.stats()
+            except (OndokiError, TimeoutError) as exc:
+                # The rest of the metrics still say something useful while the broker is down.
+                log.warning("job metrics unavailable: %s", exc)
+                self.collector.jobs = None
+            body = await anyio.to_thread.run_sync(generate_latest, self.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
