@@ -152,7 +152,7 @@ async def warn_if_queue_can_be_evicted(settings: Settings) -> None:
 def hub_for(settings: Settings, pubsub: PubSub) -> NotificationHub:
     return NotificationHub(
         pubsub,
-        queue_size=settings.ws_queue_size,
+        send_buffer_bytes=settings.ws_send_buffer_bytes,
         max_event_bytes=settings.notification_max_bytes,
         ping_interval=settings.ws_ping_interval_seconds,
         ping_timeout=settings.ws_ping_timeout_seconds,

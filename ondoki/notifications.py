@@ -7,6 +7,7 @@ adapter hands `NotificationHub.serve` a `ClientConnection` for each accepted Web
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -84,6 +85,10 @@ _decode_client = msgspec.json.Decoder(Resume | Pong).decode
 PING = _encode(_Ping()).decode()
 
 
+def _text(message: msgspec.Struct) -> Frame:
+    return Frame(_encode(message).decode())
+
+
 class CloseCode:
     """WebSocket close codes the server uses."""
 
@@ -97,10 +102,33 @@ class CloseCode:
     SLOW_CLIENT = 4008  # could not keep up: reconnect and resume from the last offset
 
 
+class Frame:
+    """A text frame for clients: its JSON text, and a slot for its bytes on the wire.
+
+    A notification goes to every local client of its user. The hub makes its Frame once per
+    process; a transport that writes frames itself (`ClientConnection.writer`) keeps their
+    encoding in `wire`, so that is done once per process too, not once per client.
+    """
+
+    __slots__ = ("text", "wire")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.wire: bytes | None = None
+
+
 class ClientConnection(Protocol):
     """A connected, authenticated client (the web adapter wraps a WebSocket in this)."""
 
-    async def send(self, text: str) -> None: ...
+    async def send(self, frame: Frame) -> None:
+        """Send one frame, waiting while the transport cannot take more."""
+        ...
+
+    def writer(self) -> Callable[[Frame], int] | None:
+        """A function that hands a frame to the transport at once, never waiting, and
+        returns the bytes the connection then holds unsent; None when the transport cannot
+        do that (the hub then queues frames and `send`s them one by one)."""
+        ...
 
     async def receive(self) -> str | None:
         """The next text message; None when the client has gone."""
@@ -114,6 +142,7 @@ class HubStats:
     """Counters for /metrics, of this process."""
 
     connections: int = 0
+    direct: int = 0  # of `connections`: those whose frames go straight to their transport
     published: int = 0
     delivered: int = 0
     slow_closes: int = 0
@@ -127,25 +156,91 @@ class _Close(Exception):
         self.reason = reason
 
 
+class _Outbox:
+    """Frames on their way to one client, bounded in bytes: `put` never waits; past the
+    bound it closes the client with 4008 (it resumes from its last offset)."""
+
+    def __init__(self, limit: int, stats: HubStats) -> None:
+        self.limit = limit
+        self.stats = stats
+
+    def put(self, frame: Frame) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """The outbox's own work, for as long as the client is served."""
+
+    def close(self) -> None:
+        """Drop what is still queued."""
+
+    @staticmethod
+    def too_slow() -> _Close:
+        return _Close(CloseCode.SLOW_CLIENT, "too slow: resume from your last offset")
+
+
+class _DirectOutbox(_Outbox):
+    """The transport's own buffer is the outbox: frames are written as they come, with no
+    task switch and no copy per client (the fast path of fan-out)."""
+
+    def __init__(self, write: Callable[[Frame], int], limit: int, stats: HubStats) -> None:
+        super().__init__(limit, stats)
+        self.write = write
+
+    def put(self, frame: Frame) -> None:
+        unsent = self.write(frame)
+        self.stats.delivered += 1
+        if unsent > self.limit:
+            raise self.too_slow()
+
+
+class _QueuedOutbox(_Outbox):
+    """A queue of frames that `run` sends one by one, for transports that must be awaited."""
+
+    def __init__(self, client: ClientConnection, limit: int, stats: HubStats) -> None:
+        super().__init__(limit, stats)
+        self.client = client
+        self.queued = 0  # bytes of text waiting or being sent
+        self.send, self.receive = anyio.create_memory_object_stream[Frame](math.inf)
+
+    def put(self, frame: Frame) -> None:
+        self.queued += len(frame.text)
+        if self.queued > self.limit:
+            raise self.too_slow()
+        self.send.send_nowait(frame)
+
+    async def run(self) -> None:
+        async for frame in self.receive:
+            await self.client.send(frame)
+            self.queued -= len(frame.text)
+            self.stats.delivered += 1
+
+    def close(self) -> None:
+        self.send.close()
+        self.receive.close()
+
+
 class NotificationHub:
     """Publishes events to users' channels and serves each connected client.
 
-    Every client gets a bounded queue of frames: a client that cannot keep up is closed with
-    4008 (and resumes from its last offset) instead of slowing anyone else or growing memory.
+    Every client's frames are bounded (`send_buffer_bytes` unsent): a client that cannot
+    keep up is closed with 4008 (and resumes from its last offset) instead of slowing anyone
+    else or growing memory. Live messages are handed from the subscription straight to the
+    client's transport where it allows (see `ClientConnection.writer`): no task switch and
+    one encoding per message per process, however many local clients get it.
     """
 
     def __init__(
         self,
         pubsub: PubSub,
         *,
-        queue_size: int = 256,
+        send_buffer_bytes: int = 256 * 1024,
         max_event_bytes: int = 64 * 1024,
         ping_interval: float = 25.0,
         ping_timeout: float = 10.0,
         resume_wait: float = 0.5,
     ) -> None:
         self.pubsub = pubsub
-        self.queue_size = queue_size
+        self.send_buffer_bytes = send_buffer_bytes
         self.max_event_bytes = max_event_bytes
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -153,7 +248,7 @@ class NotificationHub:
         self.stats = HubStats()
         self._closing = anyio.Event()
         # The same message reaches many local clients: encode its frame once.
-        self._frames: OrderedDict[tuple[str, str, int], str] = OrderedDict()
+        self._frames: OrderedDict[tuple[str, str, int], Frame] = OrderedDict()
         self._frame_bytes = 0
 
     # -- publishing ------------------------------------------------------------------------
@@ -237,33 +332,42 @@ class NotificationHub:
             if error is not None:
                 await client.send(error)
 
-        send, receive = anyio.create_memory_object_stream[str](self.queue_size)
         resumes_in, resumes_out = anyio.create_memory_object_stream[Position](1)
         pongs = _PongClock()
         closed: list[tuple[int, str]] = []
 
-        async def close(code: int, reason: str) -> None:
+        def close(code: int, reason: str) -> None:
+            if code == CloseCode.SLOW_CLIENT and not closed:
+                self.stats.slow_closes += 1
             closed.append((code, reason))
             tasks.cancel_scope.cancel()
 
-        def enqueue(frame: str) -> None:
-            try:
-                send.send_nowait(frame)
-            except anyio.WouldBlock:
-                raise _Close(
-                    CloseCode.SLOW_CLIENT, "too slow: resume from your last offset"
-                ) from None
+        write = client.writer()
+        outbox: _Outbox = (
+            _QueuedOutbox(client, self.send_buffer_bytes, self.stats)
+            if write is None
+            else _DirectOutbox(write, self.send_buffer_bytes, self.stats)
+        )
+        enqueue = outbox.put
 
         async def guarded(task: Callable[[], Awaitable[None]]) -> None:
             try:
                 await task()
             except _Close as exc:
-                if exc.code == CloseCode.SLOW_CLIENT:
-                    self.stats.slow_closes += 1
-                await close(exc.code, exc.reason)
+                close(exc.code, exc.reason)
             except OndokiError as exc:
                 log.warning("closing a client of %s: %s", user_id, exc)
-                await close(CloseCode.INTERNAL, "backend unavailable; reconnect and resume")
+                close(CloseCode.INTERNAL, "backend unavailable; reconnect and resume")
+
+        def live(message: Message) -> None:
+            # In the task that received the message (the one pub/sub reader, or the
+            # publisher): nothing here may wait or raise.
+            if closed:
+                return
+            try:
+                self._forward(message, session, enqueue)
+            except _Close as exc:
+                close(exc.code, exc.reason)
 
         async def pump() -> None:
             position = since
@@ -277,20 +381,17 @@ class NotificationHub:
                         async for delivery in subscription:
                             self._forward(delivery, session, enqueue)
 
+                    subscription.hand_over(live)
                     inner.start_soon(guarded, forward)
                     position = await resumes_out.receive()
+                    subscription.hand_over(None)
                     inner.cancel_scope.cancel()
-
-        async def writer() -> None:
-            async for frame in receive:
-                await client.send(frame)
-                self.stats.delivered += 1
 
         async def reader() -> None:
             while True:
                 text = await client.receive()
                 if text is None:
-                    await close(CloseCode.NORMAL, "")
+                    close(CloseCode.NORMAL, "")
                     return
                 message, error = _parse(text)
                 if error is not None:
@@ -308,7 +409,7 @@ class NotificationHub:
                 if session_valid is not None and not await session_valid():
                     raise _Close(CloseCode.SESSION_ENDED, "session ended")
                 pongs.pinged(anyio.current_time())
-                enqueue(PING)
+                enqueue(Frame(PING))
                 await anyio.sleep(self.ping_timeout)
                 if pongs.overdue(anyio.current_time(), self.ping_timeout):
                     raise _Close(CloseCode.PONG_TIMEOUT, "no pong")
@@ -317,33 +418,38 @@ class NotificationHub:
             await self._closing.wait()
             raise _Close(CloseCode.RESTART, "server shutting down")
 
-        async with send, receive, resumes_in, resumes_out, anyio.create_task_group() as tasks:
-            tasks.start_soon(guarded, pump)
-            tasks.start_soon(guarded, writer)
-            tasks.start_soon(guarded, reader)
-            tasks.start_soon(guarded, pinger)
-            tasks.start_soon(guarded, shutdown)
+        self.stats.direct += write is not None
+        try:
+            async with resumes_in, resumes_out, anyio.create_task_group() as tasks:
+                tasks.start_soon(guarded, outbox.run)
+                tasks.start_soon(guarded, pump)
+                tasks.start_soon(guarded, reader)
+                tasks.start_soon(guarded, pinger)
+                tasks.start_soon(guarded, shutdown)
+        finally:
+            self.stats.direct -= write is not None
+            outbox.close()
         return closed[0] if closed else (CloseCode.NORMAL, "")
 
-    def _parse_first(self, text: str, start: Position) -> tuple[Position, str | None]:
+    def _parse_first(self, text: str, start: Position) -> tuple[Position, Frame | None]:
         message, error = _parse(text)
         if isinstance(message, Resume):
             return Position(message.epoch, message.offset), None
         return start, error
 
     def _forward(
-        self, delivery: Message | Gap, session: str, enqueue: Callable[[str], None]
+        self, delivery: Message | Gap, session: str, enqueue: Callable[[Frame], None]
     ) -> None:
         if isinstance(delivery, Gap):
             self.stats.resyncs += 1
             position = delivery.position
-            enqueue(_encode(_Resync(position.epoch, position.offset)).decode())
+            enqueue(_text(_Resync(position.epoch, position.offset)))
             return
         frame = self._frame(delivery, session)
         if frame is not None:
             enqueue(frame)
 
-    def _frame(self, message: Message, session: str) -> str | None:
+    def _frame(self, message: Message, session: str) -> Frame | None:
         key = (message.channel, message.position.epoch, message.position.offset)
         frame = self._frames.get(key)
         if frame is not None:
@@ -358,14 +464,14 @@ class NotificationHub:
                 raise _Close(CloseCode.SESSION_ENDED, "session ended")
             return None
         event = msgspec.Raw(_encode({"type": envelope.type, "data": envelope.data}))
-        frame = _encode(_Notification(key[1], key[2], event)).decode()
+        frame = _text(_Notification(key[1], key[2], event))
         self._frames[key] = frame
-        self._frame_bytes += len(frame)
+        self._frame_bytes += len(frame.text)
         # Fan-out reads a frame within moments of its first encoding: a small cache, bounded
         # in bytes, serves it; large events must not pin megabytes here.
         while self._frame_bytes > _FRAME_CACHE_BYTES or len(self._frames) > 256:
             _, dropped = self._frames.popitem(last=False)
-            self._frame_bytes -= len(dropped)
+            self._frame_bytes -= len(dropped.text)
         return frame
 
 
@@ -386,20 +492,18 @@ class _PongClock:
         return self.waiting_since is not None and now - self.waiting_since >= timeout
 
 
-def _parse(text: str) -> tuple[Resume | Pong | None, str | None]:
+def _parse(text: str) -> tuple[Resume | Pong | None, Frame | None]:
     """A client message, or the error frame that answers it."""
     try:
         message = _decode_client(text)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return None, _encode(_Error("bad_message", f"unreadable message: {exc}")).decode()
+        return None, _text(_Error("bad_message", f"unreadable message: {exc}"))
     if isinstance(message, Resume) and (
         not isinstance(message.offset, int)
         or isinstance(message.offset, bool)
         or message.offset < 0
     ):
-        return None, _encode(
-            _Error("bad_message", "resume offset must be an integer >= 0")
-        ).decode()
+        return None, _text(_Error("bad_message", "resume offset must be an integer >= 0"))
     return message, None
 
 

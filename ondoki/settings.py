@@ -58,7 +58,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     history_size: Positive = 1000
     history_ttl_seconds: Seconds = 3_600.0
     notification_max_bytes: Positive = 64 * 1024
-    ws_queue_size: Positive = 256
+    ws_send_buffer_bytes: Positive = 256 * 1024
     ws_ping_interval_seconds: Seconds = 25.0
     ws_ping_timeout_seconds: Seconds = 10.0
     ws_max_message_bytes: Positive = 4096
@@ -102,6 +102,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return shown
 
 
+# Variables that were read once, and what replaced them: silently ignoring one would leave
+# an operator believing it still applies.
+_RENAMED = {"ONDOKI_WS_QUEUE_SIZE": "ONDOKI_WS_SEND_BUFFER_BYTES (a bound in bytes)"}
+
+
 def env_name(field: str) -> str:
     """The environment variable that sets `field`."""
     return _SEED_NAMES.get(field, f"ONDOKI_{field.upper()}")
@@ -137,6 +142,9 @@ def load_settings(
     if path is not None:
         values.update(_read_toml(Path(path)))
 
+    for old, new in _RENAMED.items():
+        if environ.get(old):
+            raise ConfigError(old, f"is no longer read: set {new} instead")
     fields = {f.name for f in msgspec.structs.fields(Settings)}
     for field in fields:
         raw = environ.get(env_name(field))

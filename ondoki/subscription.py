@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
@@ -22,6 +23,9 @@ class BufferedSubscription:
     """
 
     def __init__(self, cursor: Cursor, buffer: int) -> None:
+        # Set by `hand_over`: takes in-order live messages without waking the consumer.
+        self._receiver: Callable[[Message], None] | None = None
+        self._failure: Exception | None = None
         self._cursor = cursor
         self._buffer = buffer
         self._ready: deque[Delivery] = deque()
@@ -35,7 +39,27 @@ class BufferedSubscription:
 
     # -- the producer's side ---------------------------------------------------------------
 
+    def hand_over(self, receiver: Callable[[Message], None] | None) -> None:
+        self._receiver = receiver
+
     def _push(self, message: Message) -> None:
+        receiver = self._receiver
+        if receiver is not None and not (
+            self._ready or self._inbox or self._stale or self._closed or self._failure
+        ):
+            # Nothing is queued ahead of it: the cursor decides here what the consumer's
+            # loop would have decided, without a task switch.
+            verdict = self._cursor.accept(message.position)
+            if verdict:
+                try:
+                    receiver(message)
+                except Exception as exc:  # a bug in the receiver: the consumer raises it
+                    self._failure = exc
+                    self._notify()
+            elif verdict is None:
+                self._stale = True  # a hole: history fills it, this message included
+                self._notify()
+            return
         if len(self._inbox) >= self._buffer:
             self._lose_buffer()
         else:
@@ -72,6 +96,8 @@ class BufferedSubscription:
     async def __anext__(self) -> Delivery:
         await anyio.lowlevel.checkpoint()
         while True:
+            if self._failure is not None:
+                raise self._failure
             if self._ready:
                 return self._ready.popleft()
             if self._closed:

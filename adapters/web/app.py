@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from adapters.web.direct import DirectFrames
 from adapters.web.http import MalformedBody, UnsupportedMediaType, error_response
 from adapters.web.metrics import MetricsEndpoint
 from adapters.web.observe import HttpMetrics, RequestContext
@@ -83,7 +84,11 @@ def create_app(open_services: ServicesFactory) -> Starlette:
     metrics = MetricsEndpoint(registry)
     return Starlette(
         routes=[*routes, Route("/metrics", metrics.handle, methods=["GET"])],
-        middleware=[Middleware(RequestContext, metrics=HttpMetrics(registry))],
+        # DirectFrames first: it needs the server's own `send`, unwrapped.
+        middleware=[
+            Middleware(DirectFrames),
+            Middleware(RequestContext, metrics=HttpMetrics(registry)),
+        ],
         lifespan=lifespan,
         exception_handlers={
             errors.OndokiError: _ondoki_error,

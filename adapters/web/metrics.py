@@ -34,6 +34,11 @@ class ServiceCollector(Collector):
             return
         hub = found.notifications.stats
         yield _gauge("ondoki_websockets_open", "Open WebSocket connections", hub.connections)
+        yield _gauge(
+            "ondoki_websockets_direct",
+            "Open WebSockets written straight to their transport (the rest: ASGI sends)",
+            hub.direct,
+        )
         yield _counter("ondoki_notifications_published", "Notifications published", hub.published)
         yield _counter(
             "ondoki_notifications_delivered", "Notification frames sent to clients", hub.delivered

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from adapters.web import direct
 from adapters.web.auth import services
 from ondoki.errors import BackendError, Unauthorized
-from ondoki.notifications import CloseCode
+from ondoki.notifications import CloseCode, Frame
 from ondoki.sessions import session_id
 
 log = logging.getLogger("ondoki.web")
@@ -25,8 +27,12 @@ class _Socket:
         self.websocket = websocket
         self.max_bytes = max_bytes
 
-    async def send(self, text: str) -> None:
-        await self.websocket.send_text(text)
+    async def send(self, frame: Frame) -> None:
+        await self.websocket.send_text(frame.text)
+
+    def writer(self) -> Callable[[Frame], int] | None:
+        transport = self.websocket.scope.get(direct.SCOPE_KEY)
+        return None if transport is None else direct.writer(transport)
 
     async def receive(self) -> str | None:
         message = await self.websocket.receive()

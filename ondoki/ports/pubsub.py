@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 
-from ondoki.models import Delivery, Position
+from ondoki.models import Delivery, Message, Position
 
 
 class Subscription(Protocol):
     """An open subscription: iterate it for `Message`s and `Gap`s, in publish order."""
 
     def __aiter__(self) -> AsyncIterator[Delivery]: ...
+
+    def hand_over(self, receiver: Callable[[Message], None] | None) -> None:
+        """Give live messages straight to `receiver` (None: stop), in order with iteration.
+
+        A live message that nothing is queued ahead of (no replay, no gap, no repair under
+        way) goes to `receiver` at once, in the task that received it from the backend or
+        published it, instead of waking the iterating task: fan-out to many subscribers
+        then costs no task switch per message. Everything else still comes through
+        iteration, and iteration must go on (it carries replays, gaps and repairs).
+        `receiver` must not block, and must not raise: an exception ends the subscription.
+        """
+        ...
 
 
 class PubSub(Protocol):

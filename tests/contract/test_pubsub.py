@@ -27,6 +27,41 @@ async def take(subscription: Subscription, count: int, *, within: float = 5.0) -
     return got
 
 
+async def take_handed(
+    subscription: Subscription, count: int, *, within: float = 5.0
+) -> tuple[list[Delivery], int]:
+    """The next `count` deliveries with a receiver handed the live ones, in the order they
+    came by either way; and how many came through the receiver."""
+    got: list[Delivery] = []
+    handed = 0
+    done = anyio.Event()
+
+    def receive(message: Message) -> None:
+        nonlocal handed
+        handed += 1
+        got.append(message)
+        if len(got) >= count:
+            done.set()
+
+    subscription.hand_over(receive)
+    try:
+        with anyio.fail_after(within):
+            async with anyio.create_task_group() as tasks:
+
+                async def iterate() -> None:
+                    async for delivery in subscription:
+                        got.append(delivery)
+                        if len(got) >= count:
+                            done.set()
+
+                tasks.start_soon(iterate)
+                await done.wait()
+                tasks.cancel_scope.cancel()
+    finally:
+        subscription.hand_over(None)
+    return got, handed
+
+
 async def quiet(subscription: Subscription, *, within: float = 0.2) -> bool:
     """True when nothing is delivered for `within` seconds."""
     with anyio.move_on_after(within):
@@ -159,8 +194,9 @@ async def test_resume_at_the_latest_position_waits_for_new_messages(
         assert payloads(await take(subscription, 1)) == [b"m4"]
 
 
+@pytest.mark.parametrize("handed", [False, True], ids=["iterated", "handed-over"])
 async def test_resume_seam_has_no_gap_and_no_duplicate_while_publishing(
-    make_pubsub: PubSubFactory,
+    make_pubsub: PubSubFactory, handed: bool
 ) -> None:
     total, starts = 240, range(0, 240, 30)
     async with make_pubsub(history_size=1000) as pubsub:
@@ -181,7 +217,11 @@ async def test_resume_seam_has_no_gap_and_no_duplicate_while_publishing(
             with anyio.fail_after(10):
                 await reached[start].wait()
             async with pubsub.subscribe("seam", since=published[start]) as subscription:
-                received[start] = await take(subscription, total - start - 1, within=10)
+                count = total - start - 1
+                if handed:
+                    received[start], _ = await take_handed(subscription, count, within=10)
+                else:
+                    received[start] = await take(subscription, count, within=10)
                 assert await quiet(subscription, within=0.05)
 
         async with anyio.create_task_group() as tasks:
@@ -467,3 +507,60 @@ async def test_idempotency_keys_are_per_channel_even_with_colons(
     assert first.offset == 1 and second.offset == 1
     assert second.epoch != first.epoch
     assert (await pubsub.position("a:b")).offset == 1
+
+
+# -- handing live messages over ------------------------------------------------------------
+
+
+async def test_handed_over_live_messages_follow_the_replay_in_order(
+    pubsub: InspectablePubSub,
+) -> None:
+    positions = await publish_numbered(pubsub, "handed", 1, 4)
+    async with pubsub.subscribe("handed", since=positions[1]) as subscription:
+        async with anyio.create_task_group() as tasks:
+
+            async def later() -> None:
+                await anyio.sleep(0.05)
+                await publish_numbered(pubsub, "handed", 5, 9)
+
+            tasks.start_soon(later)
+            got, handed = await take_handed(subscription, 7)
+        assert payloads(got) == numbered(3, 9)
+        # The replay came through iteration; live messages with nothing ahead were handed.
+        assert handed >= 1
+        assert await quiet(subscription)
+
+
+async def test_a_receiver_that_raises_ends_iteration_with_its_error(
+    pubsub: InspectablePubSub,
+) -> None:
+    def broken(message: Message) -> None:
+        raise LookupError("receiver bug")
+
+    async with pubsub.subscribe("broken") as subscription:
+        subscription.hand_over(broken)
+        await pubsub.publish("broken", b"m1")
+        with anyio.fail_after(5), pytest.raises(LookupError, match="receiver bug"):
+            async for _ in subscription:
+                pass
+
+
+async def test_handing_over_none_returns_live_messages_to_iteration(
+    pubsub: InspectablePubSub,
+) -> None:
+    handed: list[Message] = []
+    arrived = anyio.Event()
+
+    def receive(message: Message) -> None:
+        handed.append(message)
+        arrived.set()
+
+    async with pubsub.subscribe("back") as subscription:
+        subscription.hand_over(receive)
+        await pubsub.publish("back", b"m1")
+        with anyio.fail_after(5):
+            await arrived.wait()
+        subscription.hand_over(None)
+        await pubsub.publish("back", b"m2")
+        assert payloads(await take(subscription, 1)) == [b"m2"]
+    assert payloads(list(handed)) == [b"m1"]

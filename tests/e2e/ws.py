@@ -25,13 +25,14 @@ class WsClient:
         via: str = "header",
         resume: tuple[str, int] | None = None,
         max_queue: int | None = 16,
+        compression: str | None = None,
     ) -> None:
         url = base_url.replace("http://", "ws://") + "/ws"
         options: dict[str, Any] = {
             "proxy": None,
             "open_timeout": 10,
             "ping_interval": None,
-            "compression": None,
+            "compression": compression,
             "max_queue": max_queue,
         }
         if via == "header":

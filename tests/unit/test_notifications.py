@@ -1,10 +1,15 @@
-"""The notification hub's protocol with a fake client over MemoryPubSub, on both backends."""
+"""The notification hub's protocol with a fake client over MemoryPubSub, on both backends.
+
+Every test runs twice: against a client whose frames the hub queues and `send`s one by one,
+and against one that writes frames itself at once (`ClientConnection.writer`, the web
+adapter's fast path), so that both outboxes keep the same protocol.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import anyio
 import anyio.abc
@@ -13,18 +18,25 @@ import pytest
 from adapters.memory.pubsub import MemoryPubSub
 from ondoki.errors import InvalidInput, PubSubError, TooLarge
 from ondoki.models import Position
-from ondoki.notifications import CloseCode, NotificationHub
+from ondoki.notifications import CloseCode, Frame, NotificationHub
 
 pytestmark = pytest.mark.anyio
 
 
 class FakeClient:
-    """A client connection: frames the server sent, and a way to talk back or stall."""
+    """A client connection: frames the server sent, and a way to talk back or stall.
+
+    `kind` "direct" gives the hub a writer: a stalled client's frames then pile up as
+    unsent bytes, as in a transport's buffer; "queued" has none, and `send` blocks instead.
+    """
 
     made: ClassVar[list[FakeClient]] = []
+    kind: ClassVar[Literal["queued", "direct"]] = "queued"
 
     def __init__(self) -> None:
         FakeClient.made.append(self)
+        self.unsent: list[Frame] = []
+        self.written: list[Frame] = []
         self.to_server_send, self.to_server = anyio.create_memory_object_stream[str | None](16)
         self.frames_send, self.frames = anyio.create_memory_object_stream[dict[str, Any]](10_000)
         self.stalled = anyio.Event()
@@ -33,11 +45,26 @@ class FakeClient:
         self.closed_event = anyio.Event()
         self.finished = anyio.Event()  # set when the hub's serve() returned
 
-    async def send(self, text: str) -> None:
+    async def send(self, frame: Frame) -> None:
         if self.stall:
             self.stalled.set()
             await anyio.sleep_forever()
-        await self.frames_send.send(json.loads(text))
+        self.written.append(frame)
+        await self.frames_send.send(json.loads(frame.text))
+
+    def writer(self) -> Callable[[Frame], int] | None:
+        if self.kind == "queued":
+            return None
+
+        def write(frame: Frame) -> int:
+            self.written.append(frame)
+            if self.stall:
+                self.unsent.append(frame)
+            else:
+                self.frames_send.send_nowait(json.loads(frame.text))
+            return sum(len(f.text) for f in self.unsent)
+
+        return write
 
     async def receive(self) -> str | None:
         return await self.to_server.receive()
@@ -69,9 +96,11 @@ class FakeClient:
         return frames
 
 
-@pytest.fixture(autouse=True)
-def dispose_clients() -> Iterator[None]:
+@pytest.fixture(autouse=True, params=["queued", "direct"])
+def client_kind(request: pytest.FixtureRequest) -> Iterator[None]:
+    FakeClient.kind = request.param
     yield
+    FakeClient.kind = "queued"
     for client in FakeClient.made:
         client.dispose()
     FakeClient.made.clear()
@@ -92,7 +121,8 @@ Serve = Callable[..., Awaitable[FakeClient]]
 
 @pytest.fixture
 async def hub(pubsub: MemoryPubSub) -> NotificationHub:
-    return NotificationHub(pubsub, queue_size=8, resume_wait=0.05, ping_interval=60)
+    # About six frames of a few dozen bytes may wait for a client.
+    return NotificationHub(pubsub, send_buffer_bytes=512, resume_wait=0.05, ping_interval=60)
 
 
 @pytest.fixture
@@ -190,6 +220,18 @@ async def test_stalled_client_is_closed_without_slowing_others(
     assert (await slow.wait_closed())[0] == CloseCode.SLOW_CLIENT
     assert fast.closed is None
     assert hub.stats.slow_closes == 1
+
+
+async def test_a_message_is_one_frame_for_every_local_client(
+    hub: NotificationHub, serve: Serve
+) -> None:
+    # Encoded once per process, and (direct) its wire bytes kept on it for every socket.
+    clients = [await serve(session=str(n)) for n in range(3)]
+    await hub.publish("alice", "shared")
+    for client in clients:
+        assert (await client.next())["event"]["type"] == "shared"
+    first, *others = (client.written[-1] for client in clients)
+    assert all(frame is first for frame in others)
 
 
 async def test_no_pong_closes_and_pong_keeps_open(pubsub: MemoryPubSub) -> None:

@@ -1,0 +1,100 @@
+"""WebSocket frames written straight to the connection's transport, under the ASGI server.
+
+Fan-out sends each notification to many sockets. Through ASGI, every frame is a
+`websocket.send` per socket, which hypercorn turns into a wsproto event, a frame and a write,
+awaiting each layer: measured, that was most of the CPU fan-out cost. Server frames are not
+masked (RFC 6455, section 5.1), so a text frame is the same bytes for every client: it is
+encoded once per process (kept on the hub's `Frame`) and handed to each `transport.write`.
+
+ASGI does not expose the transport. `DirectFrames` finds it by following hypercorn's own
+objects from the `send` callable hypercorn gives the app (HTTP/1.1 on asyncio or uvloop, as
+`ondoki serve` runs it) and leaves it in the scope. Anything else (trio, HTTP/2, another
+server, a hypercorn laid out differently) finds nothing, and the socket falls back to ASGI
+sends: slower, same bytes on the wire. tests/web/test_direct.py pins that the shipped hypercorn
+is found.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ondoki.notifications import Frame
+
+log = logging.getLogger("ondoki.web")
+
+SCOPE_KEY = "ondoki.transport"
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What is used of an asyncio (or uvloop) transport."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+    def is_closing(self) -> bool: ...
+
+
+def text_frame(text: str) -> bytes:
+    """One unmasked, unfragmented text frame (RFC 6455, section 5.2): FIN and opcode 1,
+    then the payload length in 7, 7+16 or 7+64 bits, then the UTF-8 payload."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x81, size))
+    elif size < 1 << 16:
+        head = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return head + payload
+
+
+def find_transport(send: Any) -> Transport | None:
+    """The transport under a WebSocket that hypercorn serves over HTTP/1.1, from the ASGI
+    `send` it gave the app; None for any other server, protocol or layout."""
+    # hypercorn: WSStream.app_send -> H11Protocol.stream_send -> TCPServer.protocol_send,
+    # whose StreamWriter holds the transport.
+    stream = getattr(send, "__self__", None)
+    if type(stream).__name__ != "WSStream":
+        return None
+    protocol = getattr(getattr(stream, "send", None), "__self__", None)
+    if type(protocol).__name__ != "H11Protocol":
+        return None
+    server = getattr(getattr(protocol, "send", None), "__self__", None)
+    transport = getattr(getattr(server, "writer", None), "transport", None)
+    return transport if isinstance(transport, Transport) else None
+
+
+def writer(transport: Transport) -> Callable[[Frame], int]:
+    """The hub's direct writer for one connection (see `ClientConnection.writer`)."""
+
+    def write(frame: Frame) -> int:
+        if transport.is_closing():
+            return 0  # the client has gone: the hub hears it from the socket's receive side
+        wire = frame.wire
+        if wire is None:
+            wire = frame.wire = text_frame(frame.text)
+        transport.write(wire)
+        return transport.get_write_buffer_size()
+
+    return write
+
+
+class DirectFrames:
+    """Leaves each WebSocket's transport in its scope (`SCOPE_KEY`), when it can be found.
+
+    It must see the server's own `send`: install it outside every middleware that wraps it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope[SCOPE_KEY] = find_transport(send)
+        await self.app(scope, receive, send)

@@ -1,0 +1,96 @@
+"""Frames written under ASGI (adapters/web/direct.py): their bytes, and when the path is used.
+
+That `ondoki serve` finds hypercorn's transport, and that clients read what it writes, is
+shown end to end in tests/e2e/test_notifications.py (`..._straight_to_the_transport...`).
+"""
+
+from __future__ import annotations
+
+import pytest
+from wsproto.frame_protocol import FrameProtocol, Opcode
+
+from adapters.web.direct import find_transport, text_frame, writer
+from ondoki.notifications import Frame
+
+
+def parse_as_client(data: bytes) -> list[tuple[Opcode, str]]:
+    """What a client's RFC 6455 parser (wsproto's) makes of `data`."""
+    protocol = FrameProtocol(client=True, extensions=[])
+    protocol.receive_bytes(data)
+    return [(frame.opcode, str(frame.payload)) for frame in protocol.received_frames()]
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65_535, 65_536, 200_000])
+def test_text_frames_parse_back_at_every_length_boundary(size: int) -> None:
+    text = "é" * (size // 2) + "x" * (size % 2)  # two bytes per é: lengths count bytes
+    assert len(text.encode()) == size
+    assert parse_as_client(text_frame(text)) == [(Opcode.TEXT, text)]
+
+
+def test_consecutive_frames_stay_apart() -> None:
+    data = text_frame("one") + text_frame("two" * 100) + text_frame("three")
+    assert parse_as_client(data) == [
+        (Opcode.TEXT, "one"),
+        (Opcode.TEXT, "two" * 100),
+        (Opcode.TEXT, "three"),
+    ]
+
+
+class FakeTransport:
+    def __init__(self, *, closing: bool = False) -> None:
+        self.closing = closing
+        self.data: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return sum(map(len, self.data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def test_a_frame_is_encoded_once_for_every_connection() -> None:
+    frame = Frame('{"type":"ping"}')
+    first, second = FakeTransport(), FakeTransport()
+    assert writer(first)(frame) == len(text_frame(frame.text))
+    wire = frame.wire
+    assert wire is not None
+    writer(second)(frame)
+    assert frame.wire is wire and second.data == [wire]
+
+
+def test_nothing_is_written_to_a_closing_transport() -> None:
+    gone = FakeTransport(closing=True)
+    assert writer(gone)(Frame("{}")) == 0
+    assert gone.data == []
+
+
+async def some_send(message: object) -> None:
+    pass
+
+
+class NotHypercorn:
+    async def app_send(self, message: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("send", [some_send, NotHypercorn().app_send, None])
+def test_other_servers_get_no_transport(send: object) -> None:
+    # The hub then queues frames and awaits ASGI sends (the in-process TestClient is such a
+    # server: every /ws test in tests/web runs that way).
+    assert find_transport(send) is None
+
+
+def test_wsproto_sees_a_close_frame_after_direct_frames() -> None:
+    # Hypercorn's own frames (here, a close) follow ours on the same byte stream.
+    server = FrameProtocol(client=False, extensions=[])
+    data = text_frame("last") + server.close(1012, "restart")
+    client = FrameProtocol(client=True, extensions=[])
+    client.receive_bytes(data)
+    frames = list(client.received_frames())
+    assert [(f.opcode, f.payload) for f in frames] == [
+        (Opcode.TEXT, "last"),
+        (Opcode.CLOSE, (1012, "restart")),
+    ]
