@@ -65,6 +65,14 @@ def test_bad_value_names_its_variable(environ: dict[str, str], variable: str) ->
     assert "\n" not in str(caught.value)
 
 
+def test_a_replaced_variable_is_refused_with_its_successor() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"ONDOKI_WS_QUEUE_SIZE": "32"})
+    assert caught.value.variable == "ONDOKI_WS_QUEUE_SIZE"
+    assert "ONDOKI_WS_SEND_BUFFER_BYTES" in str(caught.value)
+    assert load_settings({"ONDOKI_WS_SEND_BUFFER_BYTES": "4096"}).ws_send_buffer_bytes == 4096
+
+
 def test_password_never_in_config_errors() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({"REDIS_URL": "http://user:hunter2-secret@cache"})
