@@ -4,8 +4,9 @@ Everything runs on this machine, against the bench's own redis-server, with real
 `ondoki serve` instances (REDIS_URL and ONDOKI_API_KEY set, application pings every hour so
 they stay out of the way), the broadcaster peer (`tests/bench/peer_broadcaster.py`, hypercorn
 in its own process), and ONE client process (spawned by multiprocessing, asyncio on uvloop
-when it is installed) that holds every WebSocket with the `websockets` asyncio client, so that
-no client work runs in a server's process. The bench process itself only publishes.
+when it is installed) that holds every WebSocket, so that no client work runs in a server's
+process. Its WebSockets are the bench's own minimal client (tests/bench/wsclient.py), which
+costs far less per frame than the servers it measures. The bench process itself only publishes.
 
 1. Latency: a client of instance B; the bench POSTs `/internal/notifications` to instance A
    at a steady 200 msg/s (open loop, raw HTTP/1.1 keep-alive so that the publisher costs
@@ -35,6 +36,7 @@ import asyncio
 import contextlib
 import ctypes
 import faulthandler
+import functools
 import importlib.util
 import json
 import multiprocessing
@@ -58,12 +60,11 @@ import anyio.abc
 import anyio.to_thread
 import httpx2 as httpx
 import redis.asyncio as aioredis
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from adapters.redis.pubsub import RedisPubSub
 from ondoki.notifications import NotificationHub
 from tests.bench.report import Figure
+from tests.bench.wsclient import WebSocket
 from tests.e2e.process import ServeProcess, clean_env
 from tests.redis_server import RedisServer, free_port
 
@@ -86,6 +87,7 @@ CONNECT_CONCURRENCY = 16
 
 #: Every frame that counts starts so; anything else (warm-up, ping) is counted apart.
 PREFIX = '{"type":"notification"'
+PREFIX_BYTES = PREFIX.encode()
 GROUPS = 8
 LATENCY, ONDOKI, PEER, FLOOR, IDLE_ONDOKI, IDLE_PEER = range(6)
 
@@ -124,17 +126,32 @@ class _Group:
     """Connections opened together; counted together."""
 
     latency: bool = False
-    connections: list[ClientConnection] = field(default_factory=list)
+    connections: list[WebSocket] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)  # notification frames, per connection
     frames: list[int] = field(default_factory=list)  # any frame, per connection
     total: int = 0
     seen: int = 0
     synced: int = -1
-    closes: Counter[int | None] = field(default_factory=Counter)
+    closes: Counter[int] = field(default_factory=Counter)
     samples: list[tuple[int, float]] = field(default_factory=list)
     targets: list[tuple[str, str | None]] = field(default_factory=list)  # (url, token)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)  # the floor's subscriber
     redis: aioredis.Redis | None = None
+
+    def message(self, index: int, payload: bytes, text: bool) -> None:
+        """A message on connection `index`: counted on its bytes, decoded only for latency."""
+        self.frames[index] += 1
+        self.seen += 1
+        if text and payload.startswith(PREFIX_BYTES):
+            self.counts[index] += 1
+            self.total += 1
+            if self.latency:
+                now = time.time()
+                data = json.loads(payload)["event"]["data"]
+                self.samples.append((data["n"], now - data["t"]))
+
+    def closed(self, code: int) -> None:
+        self.closes[code] += 1
 
 
 class _Clients:
@@ -228,18 +245,9 @@ class _Clients:
         first = len(entry.connections)
 
         async def one(url: str, token: str | None, index: int | None) -> None:
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
             async with gate:
                 try:
-                    ws = await connect(
-                        url,
-                        additional_headers=headers,
-                        proxy=None,
-                        compression=None,
-                        ping_interval=None,
-                        open_timeout=60,
-                        max_queue=64,
-                    )
+                    ws = await WebSocket.open(url, token)
                 except Exception as exc:
                     errors.append(f"{type(exc).__name__}: {exc}")
                     return
@@ -251,7 +259,7 @@ class _Clients:
                 entry.frames.append(0)
             else:
                 entry.connections[index] = ws
-            entry.tasks.append(asyncio.create_task(self._read(entry, index, ws)))
+            ws.start(functools.partial(entry.message, index), entry.closed)
 
         await asyncio.gather(
             *(
@@ -281,24 +289,6 @@ class _Clients:
             "seconds": time.perf_counter() - started,
         }
 
-    async def _read(self, group: _Group, index: int, ws: ClientConnection) -> None:
-        counts, frames, samples = group.counts, group.frames, group.samples
-        try:
-            async for message in ws:
-                frames[index] += 1
-                group.seen += 1
-                if isinstance(message, str) and message.startswith(PREFIX):
-                    counts[index] += 1
-                    group.total += 1
-                    if group.latency:
-                        now = time.time()
-                        data = json.loads(message)["event"]["data"]
-                        samples.append((data["n"], now - data["t"]))
-        except ConnectionClosed:
-            pass
-        finally:
-            group.closes[ws.close_code] += 1
-
     async def _floor(self, group: int, url: str, channel: str) -> None:
         """One redis-py subscriber, counting what arrives on `channel`."""
         entry = self.groups.setdefault(group, _Group())
@@ -325,7 +315,7 @@ class _Clients:
     async def _close(self, number: int) -> dict[str, int]:
         group = self.groups.pop(number)
         for ws in group.connections:
-            ws.transport.abort()
+            ws.abort()
         for task in group.tasks:
             task.cancel()
         await asyncio.gather(*group.tasks, return_exceptions=True)
