@@ -20,7 +20,7 @@ import msgspec
 from ondoki import validation
 from ondoki.errors import InvalidInput, OndokiError, TooLarge
 from ondoki.models import Gap, JobRecord, Message, Position
-from ondoki.ports.pubsub import PubSub, Subscription
+from ondoki.ports.pubsub import PubSub
 
 log = logging.getLogger("ondoki.notifications")
 
@@ -246,7 +246,9 @@ class NotificationHub:
         self.ping_timeout = ping_timeout
         self.resume_wait = resume_wait
         self.stats = HubStats()
-        self._closing = anyio.Event()
+        self._closing = False
+        # How to close each client being served (`close_all` calls every one).
+        self._closers: set[Callable[[int, str], None]] = set()
         # The same message reaches many local clients: encode its frame once.
         self._frames: OrderedDict[tuple[str, str, int], Frame] = OrderedDict()
         self._frame_bytes = 0
@@ -275,11 +277,13 @@ class NotificationHub:
 
     def close_all(self) -> None:
         """Close every client with 1012 (shutdown); new clients are refused from now on."""
-        self._closing.set()
+        self._closing = True
+        for close in list(self._closers):
+            close(CloseCode.RESTART, "server shutting down")
 
     @property
     def closing(self) -> bool:
-        return self._closing.is_set()
+        return self._closing
 
     # -- serving a client ------------------------------------------------------------------
 
@@ -332,7 +336,7 @@ class NotificationHub:
             if error is not None:
                 await client.send(error)
 
-        resumes_in, resumes_out = anyio.create_memory_object_stream[Position](1)
+        stream = _Restarts(since)
         pongs = _PongClock()
         closed: list[tuple[int, str]] = []
 
@@ -362,7 +366,7 @@ class NotificationHub:
         def live(message: Message) -> None:
             # In the task that received the message (the one pub/sub reader, or the
             # publisher): nothing here may wait or raise.
-            if closed:
+            if closed or stream.restarting:
                 return
             try:
                 self._forward(message, session, enqueue)
@@ -370,22 +374,14 @@ class NotificationHub:
                 close(exc.code, exc.reason)
 
         async def pump() -> None:
-            position = since
             while True:
-                async with (
-                    self.pubsub.subscribe(user_id, since=position) as subscription,
-                    anyio.create_task_group() as inner,
-                ):
-
-                    async def forward(subscription: Subscription = subscription) -> None:
+                with anyio.CancelScope() as stream.scope:
+                    position, stream.restarting = stream.position, False
+                    async with self.pubsub.subscribe(user_id, since=position) as subscription:
+                        subscription.hand_over(live)
                         async for delivery in subscription:
                             self._forward(delivery, session, enqueue)
-
-                    subscription.hand_over(live)
-                    inner.start_soon(guarded, forward)
-                    position = await resumes_out.receive()
-                    subscription.hand_over(None)
-                    inner.cancel_scope.cancel()
+                    await anyio.sleep_forever()  # the adapter closed: only a resume restarts
 
         async def reader() -> None:
             while True:
@@ -401,7 +397,7 @@ class NotificationHub:
                 elif isinstance(message, Resume):
                     # A late resume restarts the stream from there: it may repeat offsets the
                     # client already has (resume first to avoid that; see README).
-                    await resumes_in.send(Position(message.epoch, message.offset))
+                    stream.restart(Position(message.epoch, message.offset))
 
         async def pinger() -> None:
             while True:
@@ -414,19 +410,18 @@ class NotificationHub:
                 if pongs.overdue(anyio.current_time(), self.ping_timeout):
                     raise _Close(CloseCode.PONG_TIMEOUT, "no pong")
 
-        async def shutdown() -> None:
-            await self._closing.wait()
-            raise _Close(CloseCode.RESTART, "server shutting down")
-
         self.stats.direct += write is not None
         try:
-            async with resumes_in, resumes_out, anyio.create_task_group() as tasks:
+            async with anyio.create_task_group() as tasks:
+                self._closers.add(close)
+                if self._closing:  # began while this client was connecting
+                    close(CloseCode.RESTART, "server shutting down")
                 tasks.start_soon(guarded, outbox.run)
                 tasks.start_soon(guarded, pump)
                 tasks.start_soon(guarded, reader)
                 tasks.start_soon(guarded, pinger)
-                tasks.start_soon(guarded, shutdown)
         finally:
+            self._closers.discard(close)
             self.stats.direct -= write is not None
             outbox.close()
         return closed[0] if closed else (CloseCode.NORMAL, "")
@@ -473,6 +468,22 @@ class NotificationHub:
             _, dropped = self._frames.popitem(last=False)
             self._frame_bytes -= len(dropped.text)
         return frame
+
+
+class _Restarts:
+    """Where a client's stream (re)starts: a late `resume` cancels the one under way."""
+
+    def __init__(self, position: Position | None) -> None:
+        self.position = position
+        self.scope: anyio.CancelScope | None = None
+        # Between a resume and the new stream: the old one's live messages are dropped
+        # (the new stream replays from the resumed position).
+        self.restarting = False
+
+    def restart(self, position: Position) -> None:
+        self.position, self.restarting = position, True
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 class _PongClock:

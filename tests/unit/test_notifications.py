@@ -182,6 +182,19 @@ async def test_resume_replays_exactly_what_was_missed(hub: NotificationHub, serv
     assert frames[-1]["event"] == {"type": "live", "data": 99}
 
 
+async def test_a_late_resume_restarts_the_stream_from_there(
+    hub: NotificationHub, serve: Serve
+) -> None:
+    client = await serve()  # streaming live already: the resume window is over
+    positions = [await hub.publish("alice", "first", n) for n in range(3)]
+    assert [f["offset"] for f in await client.notifications(3)] == [p.offset for p in positions]
+    await client.say({"type": "resume", "epoch": positions[0].epoch, "offset": positions[0].offset})
+    replayed = await client.notifications(2)
+    assert [f["offset"] for f in replayed] == [p.offset for p in positions[1:]]
+    await hub.publish("alice", "after")
+    assert (await client.next())["event"]["type"] == "after"
+
+
 async def test_unknown_epoch_gets_resync_then_live(hub: NotificationHub, serve: Serve) -> None:
     await hub.publish("alice", "before")
     client = await serve(first={"type": "resume", "epoch": "gone", "offset": 3})
@@ -276,6 +289,16 @@ async def test_shutdown_closes_every_client_with_1012(hub: NotificationHub, serv
     assert {(await c.wait_closed())[0] for c in clients} == {CloseCode.RESTART}
     late = FakeClient()
     assert await hub.serve(late, "alice", "late") == CloseCode.RESTART
+
+
+async def test_shutdown_while_a_client_connects_closes_it_too(pubsub: MemoryPubSub) -> None:
+    hub = NotificationHub(pubsub, resume_wait=0.3, ping_interval=60)
+    client = FakeClient()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(hub.serve, client, "alice", "s")
+        await anyio.sleep(0.05)  # inside the resume window, before streaming
+        hub.close_all()
+        assert (await client.wait_closed())[0] == CloseCode.RESTART
 
 
 @pytest.mark.parametrize(
