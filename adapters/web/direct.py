@@ -10,21 +10,22 @@ ASGI does not expose the transport. `DirectFrames` finds it by following hyperco
 objects from the `send` callable hypercorn gives the app (HTTP/1.1 on asyncio or uvloop, as
 `ondoki serve` runs it) and leaves it in the scope. Anything else (trio, HTTP/2, another
 server, a hypercorn laid out differently) finds nothing, and the socket falls back to ASGI
-sends: slower, same bytes on the wire. tests/web/test_direct.py pins that the shipped hypercorn
-is found.
+sends: slower, same bytes on the wire. Frames stop as soon as hypercorn's wsproto connection
+leaves OPEN (a Close sent or received), so no data frame ever follows a Close. The e2e test
+`test_frames_go_straight_to_the_transport_where_the_server_allows` pins that the shipped
+hypercorn is found; tests/web/test_direct.py covers the rest.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+from wsproto.connection import Connection, ConnectionState
 
 from ondoki.notifications import Frame
-
-log = logging.getLogger("ondoki.web")
 
 SCOPE_KEY = "ondoki.transport"
 
@@ -54,7 +55,15 @@ def text_frame(text: str) -> bytes:
     return head + payload
 
 
-def find_transport(send: Any) -> Transport | None:
+@dataclass(frozen=True)
+class Underneath:
+    """What hypercorn has under one WebSocket: its stream object and the transport."""
+
+    stream: Any  # hypercorn's WSStream; its wsproto `connection` exists once accepted
+    transport: Transport
+
+
+def find_transport(send: Any) -> Underneath | None:
     """The transport under a WebSocket that hypercorn serves over HTTP/1.1, from the ASGI
     `send` it gave the app; None for any other server, protocol or layout."""
     # hypercorn: WSStream.app_send -> H11Protocol.stream_send -> TCPServer.protocol_send,
@@ -67,15 +76,22 @@ def find_transport(send: Any) -> Transport | None:
         return None
     server = getattr(getattr(protocol, "send", None), "__self__", None)
     transport = getattr(getattr(server, "writer", None), "transport", None)
-    return transport if isinstance(transport, Transport) else None
+    return Underneath(stream, transport) if isinstance(transport, Transport) else None
 
 
-def writer(transport: Transport) -> Callable[[Frame], int]:
-    """The hub's direct writer for one connection (see `ClientConnection.writer`)."""
+def writer(found: Underneath) -> Callable[[Frame], int] | None:
+    """The hub's direct writer for one accepted connection (see `ClientConnection.writer`);
+    None when hypercorn holds no wsproto connection for it."""
+    connection = getattr(found.stream, "connection", None)
+    if not isinstance(connection, Connection):
+        return None
+    transport = found.transport
 
     def write(frame: Frame) -> int:
-        if transport.is_closing():
-            return 0  # the client has gone: the hub hears it from the socket's receive side
+        if connection.state is not ConnectionState.OPEN or transport.is_closing():
+            # Closing or gone: no data frame may follow a Close (RFC 6455, section 5.5.1);
+            # the hub hears of the end from the socket's receive side.
+            return 0
         wire = frame.wire
         if wire is None:
             wire = frame.wire = text_frame(frame.text)

@@ -31,8 +31,8 @@ class _Socket:
         await self.websocket.send_text(frame.text)
 
     def writer(self) -> Callable[[Frame], int] | None:
-        transport = self.websocket.scope.get(direct.SCOPE_KEY)
-        return None if transport is None else direct.writer(transport)
+        found = self.websocket.scope.get(direct.SCOPE_KEY)
+        return None if found is None else direct.writer(found)
 
     async def receive(self) -> str | None:
         message = await self.websocket.receive()

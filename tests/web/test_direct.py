@@ -6,10 +6,15 @@ shown end to end in tests/e2e/test_notifications.py (`..._straight_to_the_transp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import SimpleNamespace
+
 import pytest
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import CloseConnection
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from adapters.web.direct import find_transport, text_frame, writer
+from adapters.web.direct import Underneath, find_transport, text_frame, writer
 from ondoki.notifications import Frame
 
 
@@ -51,20 +56,41 @@ class FakeTransport:
         return self.closing
 
 
+def accepted(transport: FakeTransport) -> tuple[Callable[[Frame], int], Connection]:
+    """A direct writer over `transport`, as for a WebSocket hypercorn has accepted."""
+    connection = Connection(ConnectionType.SERVER)
+    write = writer(Underneath(SimpleNamespace(connection=connection), transport))
+    assert write is not None
+    return write, connection
+
+
 def test_a_frame_is_encoded_once_for_every_connection() -> None:
     frame = Frame('{"type":"ping"}')
     first, second = FakeTransport(), FakeTransport()
-    assert writer(first)(frame) == len(text_frame(frame.text))
+    assert accepted(first)[0](frame) == len(text_frame(frame.text))
     wire = frame.wire
     assert wire is not None
-    writer(second)(frame)
+    accepted(second)[0](frame)
     assert frame.wire is wire and second.data == [wire]
 
 
 def test_nothing_is_written_to_a_closing_transport() -> None:
     gone = FakeTransport(closing=True)
-    assert writer(gone)(Frame("{}")) == 0
+    assert accepted(gone)[0](Frame("{}")) == 0
     assert gone.data == []
+
+
+def test_no_frame_follows_a_close() -> None:
+    transport = FakeTransport()
+    write, connection = accepted(transport)
+    write(Frame('{"n":1}'))
+    connection.send(CloseConnection(code=1012))  # what hypercorn does on websocket.close
+    assert write(Frame('{"n":2}')) == 0
+    assert transport.data == [text_frame('{"n":1}')]
+
+
+def test_a_stream_not_yet_accepted_gets_no_writer() -> None:
+    assert writer(Underneath(SimpleNamespace(), FakeTransport())) is None
 
 
 async def some_send(message: object) -> None:
