@@ -24,6 +24,7 @@ from ondoki.ports.pubsub import PubSub
 
 log = logging.getLogger("ondoki.notifications")
 
+# Frames' JSON; each cached frame may also hold its wire and text copies (three times).
 _FRAME_CACHE_BYTES = 1024 * 1024
 _EVENT_TYPE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -82,11 +83,11 @@ class Pong(msgspec.Struct, tag="pong"):
 
 
 _decode_client = msgspec.json.Decoder(Resume | Pong).decode
-PING = _encode(_Ping()).decode()
+PING = _encode(_Ping())
 
 
 def _text(message: msgspec.Struct) -> Frame:
-    return Frame(_encode(message).decode())
+    return Frame(_encode(message))
 
 
 class CloseCode:
@@ -103,18 +104,27 @@ class CloseCode:
 
 
 class Frame:
-    """A text frame for clients: its JSON text, and a slot for its bytes on the wire.
+    """A text frame for clients: its JSON as UTF-8 `data`, and a slot for its bytes on the
+    wire.
 
     A notification goes to every local client of its user. The hub makes its Frame once per
     process; a transport that writes frames itself (`ClientConnection.writer`) keeps their
     encoding in `wire`, so that is done once per process too, not once per client.
     """
 
-    __slots__ = ("text", "wire")
+    __slots__ = ("_text", "data", "wire")
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, data: bytes) -> None:
+        self.data = data
         self.wire: bytes | None = None
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The JSON as text (decoded once), for transports that take text."""
+        if self._text is None:
+            self._text = self.data.decode()
+        return self._text
 
 
 class ClientConnection(Protocol):
@@ -124,10 +134,16 @@ class ClientConnection(Protocol):
         """Send one frame, waiting while the transport cannot take more."""
         ...
 
-    def writer(self) -> Callable[[Frame], int] | None:
+    def writer(self) -> Callable[[Frame], int | None] | None:
         """A function that hands a frame to the transport at once, never waiting, and
-        returns the bytes the connection then holds unsent; None when the transport cannot
-        do that (the hub then queues frames and `send`s them one by one)."""
+        returns the bytes the connection then holds unsent (None: not written, the
+        connection is closing); None when the transport cannot do that (the hub then queues
+        frames and `send`s them one by one)."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection at once with whatever it holds unsent, if the transport
+        allows (a client that stopped reading would never take its close frame)."""
         ...
 
     async def receive(self) -> str | None:
@@ -157,8 +173,11 @@ class _Close(Exception):
 
 
 class _Outbox:
-    """Frames on their way to one client, bounded in bytes: `put` never waits; past the
-    bound it closes the client with 4008 (it resumes from its last offset)."""
+    """Frames on their way to one client, bounded in bytes: `put` never waits. A client
+    that still has more than `limit` bytes to take when a new frame comes is too slow: it
+    is closed with 4008 and resumes from its last offset. (Counting what waits *ahead* of
+    the new frame means one frame alone, however large, never closes a client that keeps
+    up.)"""
 
     def __init__(self, limit: int, stats: HubStats) -> None:
         self.limit = limit
@@ -182,14 +201,17 @@ class _DirectOutbox(_Outbox):
     """The transport's own buffer is the outbox: frames are written as they come, with no
     task switch and no copy per client (the fast path of fan-out)."""
 
-    def __init__(self, write: Callable[[Frame], int], limit: int, stats: HubStats) -> None:
+    def __init__(self, write: Callable[[Frame], int | None], limit: int, stats: HubStats) -> None:
         super().__init__(limit, stats)
         self.write = write
 
     def put(self, frame: Frame) -> None:
         unsent = self.write(frame)
+        if unsent is None:
+            return  # closing: the receive side ends the client
         self.stats.delivered += 1
-        if unsent > self.limit:
+        # What the transport holds beyond (at most) this frame was waiting ahead of it.
+        if unsent - len(frame.data) > self.limit:
             raise self.too_slow()
 
 
@@ -199,19 +221,19 @@ class _QueuedOutbox(_Outbox):
     def __init__(self, client: ClientConnection, limit: int, stats: HubStats) -> None:
         super().__init__(limit, stats)
         self.client = client
-        self.queued = 0  # bytes of text waiting or being sent
+        self.queued = 0  # bytes waiting or being sent
         self.send, self.receive = anyio.create_memory_object_stream[Frame](math.inf)
 
     def put(self, frame: Frame) -> None:
-        self.queued += len(frame.text)
         if self.queued > self.limit:
             raise self.too_slow()
+        self.queued += len(frame.data)
         self.send.send_nowait(frame)
 
     async def run(self) -> None:
         async for frame in self.receive:
             await self.client.send(frame)
-            self.queued -= len(frame.text)
+            self.queued -= len(frame.data)
             self.stats.delivered += 1
 
     def close(self) -> None:
@@ -238,9 +260,14 @@ class NotificationHub:
         ping_interval: float = 25.0,
         ping_timeout: float = 10.0,
         resume_wait: float = 0.5,
+        close_timeout: float = 2.0,
     ) -> None:
+        if send_buffer_bytes < max_event_bytes:
+            # Else one large event could close every client that receives it.
+            raise ValueError("send_buffer_bytes must be at least max_event_bytes")
         self.pubsub = pubsub
         self.send_buffer_bytes = send_buffer_bytes
+        self.close_timeout = close_timeout
         self.max_event_bytes = max_event_bytes
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -310,9 +337,12 @@ class NotificationHub:
         finally:
             self.stats.connections -= 1
         if code != CloseCode.NORMAL or reason:
-            # A stalled client may not read its close frame either: do not wait on it.
-            with anyio.move_on_after(2):
+            # A client that stopped reading takes no close frame either: after
+            # `close_timeout`, drop the connection and whatever it still holds.
+            with anyio.move_on_after(self.close_timeout) as waiting:
                 await client.close(code, reason)
+            if waiting.cancelled_caught:
+                client.abort()
         return code
 
     async def _serve(
@@ -461,12 +491,12 @@ class NotificationHub:
         event = msgspec.Raw(_encode({"type": envelope.type, "data": envelope.data}))
         frame = _text(_Notification(key[1], key[2], event))
         self._frames[key] = frame
-        self._frame_bytes += len(frame.text)
+        self._frame_bytes += len(frame.data)
         # Fan-out reads a frame within moments of its first encoding: a small cache, bounded
         # in bytes, serves it; large events must not pin megabytes here.
         while self._frame_bytes > _FRAME_CACHE_BYTES or len(self._frames) > 256:
             _, dropped = self._frames.popitem(last=False)
-            self._frame_bytes -= len(dropped.text)
+            self._frame_bytes -= len(dropped.data)
         return frame
 
 

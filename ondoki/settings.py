@@ -206,6 +206,11 @@ def _check(settings: Settings) -> None:
         )
     if settings.state_ttl_seconds > settings.state_max_ttl_seconds:
         raise ConfigError("ONDOKI_STATE_TTL_SECONDS", "is larger than ONDOKI_STATE_MAX_TTL_SECONDS")
+    if settings.ws_send_buffer_bytes < settings.notification_max_bytes:
+        raise ConfigError(
+            "ONDOKI_WS_SEND_BUFFER_BYTES",
+            "is smaller than ONDOKI_NOTIFICATION_MAX_BYTES (one event would close its clients)",
+        )
 
 
 def _check_url(variable: str, url: str) -> None:

@@ -40,11 +40,12 @@ class Transport(Protocol):
 
     def is_closing(self) -> bool: ...
 
+    def abort(self) -> None: ...
 
-def text_frame(text: str) -> bytes:
-    """One unmasked, unfragmented text frame (RFC 6455, section 5.2): FIN and opcode 1,
-    then the payload length in 7, 7+16 or 7+64 bits, then the UTF-8 payload."""
-    payload = text.encode()
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented text frame (RFC 6455, section 5.2) of UTF-8 `payload`:
+    FIN and opcode 1, then the payload length in 7, 7+16 or 7+64 bits, then the payload."""
     size = len(payload)
     if size < 126:
         head = bytes((0x81, size))
@@ -79,7 +80,7 @@ def find_transport(send: Any) -> Underneath | None:
     return Underneath(stream, transport) if isinstance(transport, Transport) else None
 
 
-def writer(found: Underneath) -> Callable[[Frame], int] | None:
+def writer(found: Underneath) -> Callable[[Frame], int | None] | None:
     """The hub's direct writer for one accepted connection (see `ClientConnection.writer`);
     None when hypercorn holds no wsproto connection for it."""
     connection = getattr(found.stream, "connection", None)
@@ -87,14 +88,14 @@ def writer(found: Underneath) -> Callable[[Frame], int] | None:
         return None
     transport = found.transport
 
-    def write(frame: Frame) -> int:
+    def write(frame: Frame) -> int | None:
         if connection.state is not ConnectionState.OPEN or transport.is_closing():
             # Closing or gone: no data frame may follow a Close (RFC 6455, section 5.5.1);
             # the hub hears of the end from the socket's receive side.
-            return 0
+            return None
         wire = frame.wire
         if wire is None:
-            wire = frame.wire = text_frame(frame.text)
+            wire = frame.wire = text_frame(frame.data)
         transport.write(wire)
         return transport.get_write_buffer_size()
 

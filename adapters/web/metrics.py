@@ -41,7 +41,9 @@ class ServiceCollector(Collector):
         )
         yield _counter("ondoki_notifications_published", "Notifications published", hub.published)
         yield _counter(
-            "ondoki_notifications_delivered", "Notification frames sent to clients", hub.delivered
+            "ondoki_notifications_delivered",
+            "Frames handed to clients (notifications, resyncs, pings)",
+            hub.delivered,
         )
         yield _counter(
             "ondoki_ws_slow_client_closes", "Clients closed with 4008 (too slow)", hub.slow_closes

@@ -30,9 +30,14 @@ class _Socket:
     async def send(self, frame: Frame) -> None:
         await self.websocket.send_text(frame.text)
 
-    def writer(self) -> Callable[[Frame], int] | None:
+    def writer(self) -> Callable[[Frame], int | None] | None:
         found = self.websocket.scope.get(direct.SCOPE_KEY)
         return None if found is None else direct.writer(found)
+
+    def abort(self) -> None:
+        found = self.websocket.scope.get(direct.SCOPE_KEY)
+        if found is not None:
+            found.transport.abort()
 
     async def receive(self) -> str | None:
         message = await self.websocket.receive()

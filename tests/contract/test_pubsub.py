@@ -85,6 +85,12 @@ async def publish_numbered(
     return [await pubsub.publish(channel, payload) for payload in numbered(first, last)]
 
 
+async def publish_soon(pubsub: InspectablePubSub, channel: str, first: int, last: int) -> None:
+    """`publish_numbered` once the caller has had a moment to start reading."""
+    await anyio.sleep(0.05)
+    await publish_numbered(pubsub, channel, first, last)
+
+
 # -- positions -----------------------------------------------------------------------------
 
 
@@ -518,17 +524,71 @@ async def test_handed_over_live_messages_follow_the_replay_in_order(
     positions = await publish_numbered(pubsub, "handed", 1, 4)
     async with pubsub.subscribe("handed", since=positions[1]) as subscription:
         async with anyio.create_task_group() as tasks:
-
-            async def later() -> None:
-                await anyio.sleep(0.05)
-                await publish_numbered(pubsub, "handed", 5, 9)
-
-            tasks.start_soon(later)
+            tasks.start_soon(publish_soon, pubsub, "handed", 5, 9)
             got, handed = await take_handed(subscription, 7)
         assert payloads(got) == numbered(3, 9)
         # The replay came through iteration; live messages with nothing ahead were handed.
         assert handed >= 1
         assert await quiet(subscription)
+
+
+async def test_handed_over_after_an_overflow_history_fills_the_hole(
+    make_pubsub: PubSubFactory,
+) -> None:
+    # The buffer overflows while nobody reads: live messages must not be handed over past
+    # the hole; history refills it, in order, before anything newer.
+    async with (
+        make_pubsub(buffer=2, history_size=50) as pubsub,
+        pubsub.subscribe("overflow") as subscription,
+    ):
+        await publish_numbered(pubsub, "overflow", 1, 6)
+        await anyio.sleep(0.1)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(publish_soon, pubsub, "overflow", 7, 9)
+            got, _ = await take_handed(subscription, 9)
+        assert payloads(got) == numbered(1, 9)
+
+
+async def test_handed_over_after_an_overflow_and_an_epoch_change_gets_a_gap(
+    make_pubsub: PubSubFactory,
+) -> None:
+    # The new epoch's first message would pass the cursor on its own (offset 1): only the
+    # stale buffer says the old epoch's last messages were lost, and the Gap must say so.
+    async with (
+        make_pubsub(buffer=2, history_ttl=0.3) as pubsub,
+        pubsub.subscribe("lost") as subscription,
+    ):
+        await publish_numbered(pubsub, "lost", 1, 3)  # the third overflows: the buffer is empty
+        await anyio.sleep(0.5)  # the old epoch's history expires
+        handed: list[Message] = []
+        subscription.hand_over(handed.append)
+        new = await pubsub.publish("lost", b"new")
+        with anyio.fail_after(5):
+            async for delivery in subscription:
+                assert isinstance(delivery, Gap), delivery
+                assert delivery.position == Position(new.epoch, 0)
+                break
+        assert payloads(await take(subscription, 1)) == [b"new"]
+        assert handed == []
+
+
+async def test_a_queued_message_is_never_overtaken_by_a_handed_over_one(
+    make_pubsub: PubSubFactory,
+) -> None:
+    # "old" waits in the buffer (no receiver yet, nobody iterating); then the epoch expires,
+    # so "new" (offset 1 of a new epoch) would pass the cursor on its own if handed over.
+    async with (
+        make_pubsub(history_ttl=0.3) as pubsub,
+        pubsub.subscribe("queued") as subscription,
+    ):
+        await pubsub.publish("queued", b"old")
+        await anyio.sleep(0.5)
+        handed: list[Message] = []
+        subscription.hand_over(handed.append)
+        await pubsub.publish("queued", b"new")
+        await anyio.sleep(0.1)
+        assert handed == []
+        assert payloads(await take(subscription, 2)) == [b"old", b"new"]
 
 
 async def test_a_receiver_that_raises_ends_iteration_with_its_error(

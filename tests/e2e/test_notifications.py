@@ -199,10 +199,31 @@ def test_reconnect_with_resume_gets_exactly_what_was_missed(
     again.close()
 
 
-@pytest.mark.redis
-def test_stalled_client_is_closed_and_memory_stays_bounded(
+def slow_closes(base_url: str) -> float:
+    text = httpx.get(f"{base_url}/metrics").text
+    return float(re.findall(r"^ondoki_ws_slow_client_closes_total (\S+)$", text, re.MULTILINE)[0])
+
+
+def established(port: int, peer_port: int) -> bool:
+    """Whether this machine holds an established TCP connection from `port` to `peer_port`."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, remote, state = line.split()[1:4]
+            if (
+                state == "01"
+                and int(local.rsplit(":", 1)[1], 16) == port
+                and int(remote.rsplit(":", 1)[1], 16) == peer_port
+            ):
+                return True
+    return False
+
+
+def stall_one_client(
     start: Start, redis_server: RedisServer
-) -> None:
+) -> tuple[ServeProcess, ServeProcess, WsClient, WsClient, int, int]:
+    """Instances A and B; on B a stalled and a healthy client; publishes 32 kB events on A
+    until B closes the stalled client as too slow. Also: how many events that took, and
+    B's RSS (KiB) before the first."""
     redis_server.flushall()
     a, b = pair(start, redis_server, ONDOKI_WS_SEND_BUFFER_BYTES="65536")
     token = login(a.url, KEY, "alice")
@@ -212,15 +233,50 @@ def test_stalled_client_is_closed_and_memory_stays_bounded(
     time.sleep(0.7)
     before = rss_kib(b.process.pid)
     blob = "x" * 32_000
-    for n in range(400):
+    n = 0
+    while not slow_closes(b.url):
+        assert n < 400, "the stalled client was never closed"
         publish(a.url, KEY, "alice", "big", {"n": n, "blob": blob})
         assert healthy.recv()["event"]["data"]["n"] == n
-    grown_mib = (rss_kib(b.process.pid) - before) / 1024
-    print(f"instance B grew by {grown_mib:.1f} MiB while serving a stalled client")
-    # 400 x 32 kB = 12.5 MiB went to each client; the stalled one may hold at most its
-    # send buffer (64 KiB, two frames) plus socket buffers.
-    assert grown_mib < 8, f"instance B grew by {grown_mib:.1f} MiB"
+        n += 1
+    return a, b, stalled, healthy, n, before
+
+
+@pytest.mark.redis
+def test_stalled_client_is_closed_and_memory_stays_bounded(
+    start: Start, redis_server: RedisServer
+) -> None:
+    a, b, stalled, healthy, n, before = stall_one_client(start, redis_server)
+    # It reads again at once: its 4008 waits behind the frames it had not taken.
     assert stalled.close_code(timeout=20) == 4008
+    blob = "x" * 32_000
+    for more in range(n, n + 300):
+        publish(a.url, KEY, "alice", "big", {"n": more, "blob": blob})
+        assert healthy.recv()["event"]["data"]["n"] == more
+    grown_mib = (rss_kib(b.process.pid) - before) / 1024
+    print(f"instance B grew by {grown_mib:.1f} MiB ({n} events closed the stalled client)")
+    # 32 kB x (n + 300) went to the healthy client; the stalled one held at most its send
+    # buffer (64 KiB) and one frame in the process, plus socket buffers in the kernel.
+    assert grown_mib < 8, f"instance B grew by {grown_mib:.1f} MiB"
+    healthy.close()
+
+
+@pytest.mark.redis
+def test_a_client_that_never_reads_again_is_dropped(
+    start: Start, redis_server: RedisServer
+) -> None:
+    # Its close frame can never be written: after the close timeout (2 s) the server drops
+    # the connection with what it holds, instead of keeping buffers for a dead reader.
+    a, _, stalled, healthy, n, _ = stall_one_client(start, redis_server)
+    socket = stalled.connection.socket
+    mine, theirs = socket.getsockname()[1], socket.getpeername()[1]
+    assert established(theirs, mine), "the server side is gone before its close timeout"
+    deadline = time.monotonic() + 10
+    while established(theirs, mine):
+        assert time.monotonic() < deadline, "B still holds the stalled client's connection"
+        time.sleep(0.2)
+    publish(a.url, KEY, "alice", "after", {"n": n})
+    assert healthy.recv()["event"]["data"]["n"] == n
     healthy.close()
 
 

@@ -37,6 +37,7 @@ class FakeClient:
         FakeClient.made.append(self)
         self.unsent: list[Frame] = []
         self.written: list[Frame] = []
+        self.aborted = False
         self.to_server_send, self.to_server = anyio.create_memory_object_stream[str | None](16)
         self.frames_send, self.frames = anyio.create_memory_object_stream[dict[str, Any]](10_000)
         self.stalled = anyio.Event()
@@ -62,7 +63,7 @@ class FakeClient:
                 self.unsent.append(frame)
             else:
                 self.frames_send.send_nowait(json.loads(frame.text))
-            return sum(len(f.text) for f in self.unsent)
+            return sum(len(f.data) for f in self.unsent)
 
         return write
 
@@ -72,6 +73,11 @@ class FakeClient:
     async def close(self, code: int, reason: str = "") -> None:
         self.closed = (code, reason)
         self.closed_event.set()
+        if self.stall:
+            await anyio.sleep_forever()  # its close frame waits behind what it never took
+
+    def abort(self) -> None:
+        self.aborted = True
 
     async def wait_closed(self) -> tuple[int, str]:
         with anyio.fail_after(3):
@@ -122,7 +128,14 @@ Serve = Callable[..., Awaitable[FakeClient]]
 @pytest.fixture
 async def hub(pubsub: MemoryPubSub) -> NotificationHub:
     # About six frames of a few dozen bytes may wait for a client.
-    return NotificationHub(pubsub, send_buffer_bytes=512, resume_wait=0.05, ping_interval=60)
+    return NotificationHub(
+        pubsub,
+        send_buffer_bytes=512,
+        max_event_bytes=512,
+        resume_wait=0.05,
+        ping_interval=60,
+        close_timeout=0.2,
+    )
 
 
 @pytest.fixture
@@ -233,6 +246,29 @@ async def test_stalled_client_is_closed_without_slowing_others(
     assert (await slow.wait_closed())[0] == CloseCode.SLOW_CLIENT
     assert fast.closed is None
     assert hub.stats.slow_closes == 1
+    # It takes no close frame either: after close_timeout its connection is dropped.
+    with anyio.fail_after(3):
+        await slow.finished.wait()
+    assert slow.aborted and not fast.aborted
+
+
+async def test_one_large_frame_alone_never_closes_a_client(
+    hub: NotificationHub, serve: Serve
+) -> None:
+    # A frame larger than the send buffer (event + envelope > 512 bytes): what counts is
+    # what still waits *ahead* of a new frame, so a client that keeps up is never closed.
+    client = await serve()
+    client.stall = True
+    await hub.publish("alice", "big", "x" * 440)
+    await anyio.sleep(0.1)
+    assert client.closed is None
+    await hub.publish("alice", "next")  # now 500+ bytes wait ahead of it: too slow
+    assert (await client.wait_closed())[0] == CloseCode.SLOW_CLIENT
+
+
+async def test_a_send_buffer_smaller_than_an_event_is_refused(pubsub: MemoryPubSub) -> None:
+    with pytest.raises(ValueError, match="max_event_bytes"):
+        NotificationHub(pubsub, send_buffer_bytes=1000, max_event_bytes=2000)
 
 
 async def test_a_message_is_one_frame_for_every_local_client(

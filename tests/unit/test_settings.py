@@ -55,6 +55,8 @@ def test_ondoki_variables_are_typed() -> None:
         ({"CELERY_BROKER_URL": "redis://broker/1"}, "CELERY_BROKER_URL"),
         ({"ONDOKI_API_KEY": "short"}, "ONDOKI_API_KEY"),
         ({"ONDOKI_STATE_TTL_SECONDS": "1e9"}, "ONDOKI_STATE_TTL_SECONDS"),
+        # Smaller than the largest event (64 KiB): that event would close every client.
+        ({"ONDOKI_WS_SEND_BUFFER_BYTES": "4096"}, "ONDOKI_WS_SEND_BUFFER_BYTES"),
     ],
 )
 def test_bad_value_names_its_variable(environ: dict[str, str], variable: str) -> None:
@@ -70,7 +72,7 @@ def test_a_replaced_variable_is_refused_with_its_successor() -> None:
         load_settings({"ONDOKI_WS_QUEUE_SIZE": "32"})
     assert caught.value.variable == "ONDOKI_WS_QUEUE_SIZE"
     assert "ONDOKI_WS_SEND_BUFFER_BYTES" in str(caught.value)
-    assert load_settings({"ONDOKI_WS_SEND_BUFFER_BYTES": "4096"}).ws_send_buffer_bytes == 4096
+    assert load_settings({"ONDOKI_WS_SEND_BUFFER_BYTES": "70000"}).ws_send_buffer_bytes == 70000
 
 
 def test_password_never_in_config_errors() -> None:

@@ -29,11 +29,11 @@ def parse_as_client(data: bytes) -> list[tuple[Opcode, str]]:
 def test_text_frames_parse_back_at_every_length_boundary(size: int) -> None:
     text = "é" * (size // 2) + "x" * (size % 2)  # two bytes per é: lengths count bytes
     assert len(text.encode()) == size
-    assert parse_as_client(text_frame(text)) == [(Opcode.TEXT, text)]
+    assert parse_as_client(text_frame(text.encode())) == [(Opcode.TEXT, text)]
 
 
 def test_consecutive_frames_stay_apart() -> None:
-    data = text_frame("one") + text_frame("two" * 100) + text_frame("three")
+    data = text_frame(b"one") + text_frame(b"two" * 100) + text_frame(b"three")
     assert parse_as_client(data) == [
         (Opcode.TEXT, "one"),
         (Opcode.TEXT, "two" * 100),
@@ -55,8 +55,11 @@ class FakeTransport:
     def is_closing(self) -> bool:
         return self.closing
 
+    def abort(self) -> None:
+        self.closing = True
 
-def accepted(transport: FakeTransport) -> tuple[Callable[[Frame], int], Connection]:
+
+def accepted(transport: FakeTransport) -> tuple[Callable[[Frame], int | None], Connection]:
     """A direct writer over `transport`, as for a WebSocket hypercorn has accepted."""
     connection = Connection(ConnectionType.SERVER)
     write = writer(Underneath(SimpleNamespace(connection=connection), transport))
@@ -65,9 +68,9 @@ def accepted(transport: FakeTransport) -> tuple[Callable[[Frame], int], Connecti
 
 
 def test_a_frame_is_encoded_once_for_every_connection() -> None:
-    frame = Frame('{"type":"ping"}')
+    frame = Frame(b'{"type":"ping"}')
     first, second = FakeTransport(), FakeTransport()
-    assert accepted(first)[0](frame) == len(text_frame(frame.text))
+    assert accepted(first)[0](frame) == len(text_frame(frame.data))
     wire = frame.wire
     assert wire is not None
     accepted(second)[0](frame)
@@ -76,17 +79,17 @@ def test_a_frame_is_encoded_once_for_every_connection() -> None:
 
 def test_nothing_is_written_to_a_closing_transport() -> None:
     gone = FakeTransport(closing=True)
-    assert accepted(gone)[0](Frame("{}")) == 0
+    assert accepted(gone)[0](Frame(b"{}")) is None
     assert gone.data == []
 
 
 def test_no_frame_follows_a_close() -> None:
     transport = FakeTransport()
     write, connection = accepted(transport)
-    write(Frame('{"n":1}'))
+    write(Frame(b'{"n":1}'))
     connection.send(CloseConnection(code=1012))  # what hypercorn does on websocket.close
-    assert write(Frame('{"n":2}')) == 0
-    assert transport.data == [text_frame('{"n":1}')]
+    assert write(Frame(b'{"n":2}')) is None
+    assert transport.data == [text_frame(b'{"n":1}')]
 
 
 def test_a_stream_not_yet_accepted_gets_no_writer() -> None:
@@ -112,7 +115,7 @@ def test_other_servers_get_no_transport(send: object) -> None:
 def test_wsproto_sees_a_close_frame_after_direct_frames() -> None:
     # Hypercorn's own frames (here, a close) follow ours on the same byte stream.
     server = FrameProtocol(client=False, extensions=[])
-    data = text_frame("last") + server.close(1012, "restart")
+    data = text_frame(b"last") + server.close(1012, "restart")
     client = FrameProtocol(client=True, extensions=[])
     client.receive_bytes(data)
     frames = list(client.received_frames())
