@@ -47,18 +47,14 @@ class BufferedSubscription:
         if receiver is not None and not (
             self._ready or self._inbox or self._stale or self._closed or self._failure
         ):
-            # Nothing is queued ahead of it: the cursor decides here what the consumer's
-            # loop would have decided, without a task switch.
-            verdict = self._cursor.accept(message.position)
-            if verdict:
+            # Nothing is queued ahead of it: decided here as the consumer's loop would,
+            # without a task switch.
+            if self._accept(message):
                 try:
                     receiver(message)
                 except Exception as exc:  # a bug in the receiver: the consumer raises it
                     self._failure = exc
                     self._notify()
-            elif verdict is None:
-                self._stale = True  # a hole: history fills it, this message included
-                self._notify()
             return
         if len(self._inbox) >= self._buffer:
             self._lose_buffer()
@@ -107,10 +103,16 @@ class BufferedSubscription:
                 continue
             if self._inbox:
                 message = self._inbox.popleft()
-                verdict = self._cursor.accept(message.position)
-                if verdict:
+                if self._accept(message):
                     return message
-                if verdict is None:
-                    self._stale = True
                 continue
             await self._sleep()
+
+    def _accept(self, message: Message) -> bool:
+        """Whether the cursor takes a live message; a hole before it makes the
+        subscription stale (history fills it, this message included)."""
+        verdict = self._cursor.accept(message.position)
+        if verdict is None:
+            self._stale = True
+            self._notify()
+        return bool(verdict)
