@@ -16,21 +16,11 @@ import anyio
 import pytest
 
 from ondoki.errors import InvalidInput, JobStateError, NotFound
-from ondoki.models import FINAL_STATES, JobRecord
 from ondoki.ports.jobs import JobQueue
 from tests.contract.conftest import JobEvents
+from tests.waits import finished
 
 pytestmark = pytest.mark.anyio
-
-
-async def finished(jobs: JobQueue, job_id: str, *, within: float = 15.0) -> JobRecord:
-    """The job's record once it is final."""
-    with anyio.fail_after(within):
-        while True:
-            record = await jobs.get(job_id)
-            if record.state in FINAL_STATES:
-                return record
-            await anyio.sleep(0.02)
 
 
 async def appears(path: Path, *, within: float = 10.0) -> None:

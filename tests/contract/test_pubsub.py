@@ -10,21 +10,9 @@ from ondoki.errors import InvalidInput, PubSubError
 from ondoki.models import Delivery, Gap, Message, Position
 from ondoki.ports.pubsub import Subscription
 from tests.contract.conftest import InspectablePubSub, PubSubFactory
+from tests.waits import take
 
 pytestmark = pytest.mark.anyio
-
-
-async def take(subscription: Subscription, count: int, *, within: float = 5.0) -> list[Delivery]:
-    """The next `count` deliveries; fails the test if they do not come in time."""
-    got: list[Delivery] = []
-    if count == 0:
-        return got
-    with anyio.fail_after(within):
-        async for delivery in subscription:
-            got.append(delivery)
-            if len(got) == count:
-                break
-    return got
 
 
 async def take_handed(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from tests.e2e.conftest import Start
 from tests.e2e.process import ServeProcess
 from tests.e2e.ws import WsClient, login, publish
 from tests.redis_server import RedisServer
+from tests.waits import metric
 
 pytestmark = pytest.mark.e2e
 
@@ -49,8 +49,7 @@ def test_single_process_delivery_on_memory_adapters(start: Start, worker_class: 
 def websocket_gauges(base_url: str) -> tuple[float, float]:
     """(open, direct) WebSockets, from /metrics."""
     text = httpx.get(f"{base_url}/metrics").text
-    found = dict(re.findall(r"^(ondoki_websockets_\w+) (\S+)$", text, re.MULTILINE))
-    return float(found["ondoki_websockets_open"]), float(found["ondoki_websockets_direct"])
+    return metric(text, "ondoki_websockets_open"), metric(text, "ondoki_websockets_direct")
 
 
 @pytest.mark.parametrize(
@@ -200,8 +199,7 @@ def test_reconnect_with_resume_gets_exactly_what_was_missed(
 
 
 def slow_closes(base_url: str) -> float:
-    text = httpx.get(f"{base_url}/metrics").text
-    return float(re.findall(r"^ondoki_ws_slow_client_closes_total (\S+)$", text, re.MULTILINE)[0])
+    return metric(httpx.get(f"{base_url}/metrics").text, "ondoki_ws_slow_client_closes_total")
 
 
 def established(port: int, peer_port: int) -> bool:

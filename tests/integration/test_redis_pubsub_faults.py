@@ -17,8 +17,8 @@ from adapters.redis.connection import connect
 from adapters.redis.pubsub import RedisPubSub
 from ondoki.errors import PubSubError
 from ondoki.models import Delivery, Gap, Message
-from ondoki.ports.pubsub import Subscription
 from tests.redis_server import RedisServer
+from tests.waits import take
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -58,16 +58,6 @@ def frozen(server: RedisServer) -> Iterator[None]:
         yield
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
-
-
-async def take(subscription: Subscription, count: int, *, within: float = 5.0) -> list[Delivery]:
-    got: list[Delivery] = []
-    with anyio.fail_after(within):
-        async for delivery in subscription:
-            got.append(delivery)
-            if len(got) == count:
-                break
-    return got
 
 
 async def until(condition: Callable[[], bool], *, within: float = 5.0) -> None:

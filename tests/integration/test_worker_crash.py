@@ -20,7 +20,8 @@ import pytest
 
 from adapters.redis.jobs import DramatiqJobQueue, job_message
 from ondoki.errors import JobQueueError
-from ondoki.models import FINAL_STATES, JobRecord
+from ondoki.models import JobRecord
+from tests import waits
 from tests.integration.worker_main import build_kinds
 from tests.redis_server import RedisServer
 
@@ -87,12 +88,8 @@ async def queue(fresh_redis: RedisServer) -> AsyncIterator[DramatiqJobQueue]:
 
 
 async def finished(jobs: DramatiqJobQueue, job_id: str, *, within: float = 30.0) -> JobRecord:
-    with anyio.fail_after(within):
-        while True:
-            record = await jobs.get(job_id)
-            if record.state in FINAL_STATES:
-                return record
-            await anyio.sleep(0.05)
+    """`tests.waits.finished` with room for real worker processes to start and crash."""
+    return await waits.finished(jobs, job_id, within=within)
 
 
 async def appears(pattern: str, where: Path, *, within: float = 15.0) -> list[Path]:

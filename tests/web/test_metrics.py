@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import re
 
+from tests.waits import metric
 from tests.web.conftest import Api
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    pattern = re.escape(name) + (re.escape("{" + labels + "}") if labels else "") + r" (\S+)"
-    found = re.search(rf"^{pattern}$", text, re.MULTILINE)
-    assert found, f"{name}{{{labels}}} not in:\n{text}"
-    return float(found.group(1))
 
 
 def test_metrics_count_requests_notifications_and_jobs(api: Api) -> None:
