@@ -154,10 +154,10 @@ class MemoryJobQueue:
             idempotency_key=idempotency_key,
             now=time.time(),
         )
-        # No await between the check above and this point: concurrent enqueues are atomic.
-        self._store(record, stored)
-        # Told before the runners can see the job, so `queued` comes before `running`.
-        await jobs.tell(self.notify, record)
+        # No await between the check above and the store that `_change` makes first:
+        # concurrent enqueues are atomic. Told before the runners can see the job, so
+        # `queued` comes before `running`.
+        await self._change(record, stored)
         self._push(job_id, 0)
         return job_id
 
@@ -206,8 +206,7 @@ class MemoryJobQueue:
 
     async def retry(self, job_id: str) -> JobRecord:
         record = jobs.replayed(await self.get(job_id), time.time())
-        self._store(record)
-        await jobs.tell(self.notify, record)
+        await self._change(record)
         self._push(job_id, 0)
         return record
 
@@ -333,6 +332,5 @@ class MemoryJobQueue:
         changed = jobs.requeued(entry.record, token=token, now=time.time())
         if changed is None:
             return
-        self._store(changed)
-        await jobs.tell(self.notify, changed)
+        await self._change(changed)
         self._push(job_id, token)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 
-from adapters.redis.connection import call, connect
+from adapters.redis.connection import call, connect, milliseconds
 from ondoki.errors import CacheError, InvalidInput
 
 T = TypeVar("T")
@@ -18,7 +18,7 @@ T = TypeVar("T")
 def _ms(seconds: float) -> int:
     if not seconds > 0:
         raise InvalidInput(f"ttl must be a positive number of seconds, got {seconds!r}")
-    return max(1, round(seconds * 1000))
+    return milliseconds(seconds)
 
 
 class RedisCache:

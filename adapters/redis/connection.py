@@ -85,6 +85,12 @@ def connect(
     return aioredis.Redis.from_pool(pool)
 
 
+def milliseconds(seconds: float) -> int:
+    """`seconds` as whole milliseconds for Redis (PX, PEXPIRE, ...): at least 1, since 0
+    would mean no expiry or an error there."""
+    return max(1, round(seconds * 1000))
+
+
 def describe(exc: BaseException) -> str:
     """A one-line account of a redis-py error, free of secrets."""
     if isinstance(exc, rex.AuthenticationError):

@@ -39,7 +39,7 @@ from dramatiq.brokers.redis import RedisBroker
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from adapters.redis.connection import call, connect, describe
+from adapters.redis.connection import call, connect, describe, milliseconds
 from ondoki import jobs
 from ondoki.errors import ConfigError, JobQueueError, NotFound
 from ondoki.jobs import JobKinds
@@ -202,7 +202,7 @@ def build_broker(
     broker: JobBroker = JobBroker(  # type: ignore[no-untyped-call]
         client=client,
         namespace=keys.broker_namespace,
-        heartbeat_timeout=max(1, round(heartbeat_timeout * 1000)),
+        heartbeat_timeout=milliseconds(heartbeat_timeout),
         middleware=list(middleware),
     )
     broker._gate = threading.Condition()
@@ -287,7 +287,7 @@ class DramatiqJobQueue:
         self.queues = queues
         self.keys = JobKeys(namespace)
         self.record_ttl = record_ttl
-        self._ttl_ms = max(1, round(record_ttl * 1000))
+        self._ttl_ms = milliseconds(record_ttl)
         self.broker = build_broker(sync_client, self.keys)
         self._enqueue_script = client.register_script(_ENQUEUE)
 

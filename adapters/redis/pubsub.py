@@ -32,7 +32,7 @@ import redis.exceptions as rex
 from anyio.abc import TaskGroup, TaskStatus
 from redis.asyncio.connection import AbstractConnection
 
-from adapters.redis.connection import call, connect, describe
+from adapters.redis.connection import call, connect, describe, milliseconds
 from ondoki.cursor import Cursor
 from ondoki.errors import InvalidInput, PubSubError
 from ondoki.models import Gap, Message, Position
@@ -240,7 +240,7 @@ class RedisPubSub:
         self.repaired = 0
         #: Gaps history could not cover (subscribers told to resync).
         self.gaps = 0
-        self._ttl_ms = max(1, round(history_ttl * 1000))
+        self._ttl_ms = milliseconds(history_ttl)
         self._publish_script = client.register_script(_PUBLISH)
         self._read_script = client.register_script(_READ)
         self._channels: dict[str, _Channel] = {}

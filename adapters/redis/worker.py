@@ -39,7 +39,7 @@ import redis.exceptions as rex
 from anyio.streams.memory import MemoryObjectReceiveStream
 from dramatiq.common import dq_name
 
-from adapters.redis.connection import describe
+from adapters.redis.connection import describe, milliseconds
 from adapters.redis.jobs import (
     ACTOR,
     BACKOFF_OPTION,
@@ -115,10 +115,6 @@ class WorkerOptions:
             raise ValueError("requeue_interval must be at most half of heartbeat_timeout")
 
 
-def _ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
-
-
 class _LeaseLost(Exception):
     """This worker's lease on a job expired and may be someone else's now."""
 
@@ -145,8 +141,8 @@ class _Runner:
         self.emit = emit
         self.broker: JobBroker | None = None
         self.stopping = threading.Event()
-        self._ttl_ms = _ms(record_ttl)
-        self._lease_ms = _ms(options.lease_ttl)
+        self._ttl_ms = milliseconds(record_ttl)
+        self._lease_ms = milliseconds(options.lease_ttl)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._lock = threading.Lock()
@@ -218,7 +214,7 @@ class _Runner:
     ) -> None:
         assert self.broker is not None
         broker, message = self.broker, job_message(job_id, queue, token, backoff=backoff)
-        delay_ms = None if delay is None else _ms(delay)
+        delay_ms = None if delay is None else milliseconds(delay)
         self._patiently("job enqueue", lambda: broker.enqueue(message, delay=delay_ms))
 
     # -- the actor ----------------------------------------------------------------------------
@@ -483,7 +479,7 @@ async def run_worker(
     worker = dramatiq.Worker(
         broker,
         queues=set(queues),
-        worker_timeout=_ms(options.poll_interval),
+        worker_timeout=milliseconds(options.poll_interval),
         worker_threads=threads,
     )
     # dramatiq's default holds 2 messages per thread and queue; the broker's `capacity`
@@ -504,7 +500,7 @@ async def run_worker(
             with anyio.CancelScope(shield=True):
                 runner.stopping.set()
                 try:
-                    await anyio.to_thread.run_sync(worker.stop, _ms(options.stop_timeout))
+                    await anyio.to_thread.run_sync(worker.stop, milliseconds(options.stop_timeout))
                 finally:
                     # Ends the housekeeping once the last notification is out.
                     send.close()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from adapters.web import direct
-from adapters.web.auth import services
+from adapters.web.auth import bearer, services
 from ondoki.errors import BackendError, Unauthorized
 from ondoki.notifications import CloseCode, Frame
 from ondoki.sessions import session_id
@@ -62,10 +62,11 @@ class _Socket:
 
 def _credentials(websocket: WebSocket) -> tuple[str | None, str | None]:
     """(token, subprotocol to accept with), from the header or the subprotocol pair."""
-    header = websocket.headers.get("authorization")
-    if header is not None:
-        scheme, _, token = header.partition(" ")
-        return (token.strip() or None) if scheme.lower() == "bearer" else None, None
+    if "authorization" in websocket.headers:
+        try:
+            return bearer(websocket), None
+        except Unauthorized:  # malformed: refused like no credentials at all
+            return None, None
     offered = websocket.scope.get("subprotocols") or []
     tokens = [p[len(_BEARER_PREFIX) :] for p in offered if p.startswith(_BEARER_PREFIX)]
     if SUBPROTOCOL in offered and len(tokens) == 1 and tokens[0]:
