@@ -10,7 +10,7 @@ import av
 import av.container
 
 from ondoki.errors import UnsupportedMedia
-from ondoki.media.probe import TEXT_SUBTITLES, describe, open_video
+from ondoki.media.probe import describe, open_video, text_subtitle_streams
 from ondoki.media.transcribe import Checkpoint, Progress, Segment, Transcriber
 
 # Sidecar captions larger than this are not captions.
@@ -111,11 +111,7 @@ def container_captions(
 ) -> list[Segment] | None:
     """The cues of the first text subtitle stream in `video`, or None when it has none."""
     with open_video(video) as container:
-        streams = [
-            s
-            for s in container.streams.subtitles
-            if s.codec_context is not None and s.codec_context.name in TEXT_SUBTITLES
-        ]
+        streams = text_subtitle_streams(container)
         if not streams:
             return None
         stream = streams[0]

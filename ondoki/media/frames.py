@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import av
 import av.container
@@ -36,6 +35,7 @@ from ondoki.media.probe import (
     check_complete,
     describe,
     open_video,
+    packet_end,
     video_stream,
 )
 
@@ -178,7 +178,7 @@ def extract_steps(
         try:
             for packet in container.demux():
                 checkpoint()
-                data_end = max(data_end, _packet_end(packet, origin))
+                data_end = max(data_end, packet_end(packet, origin))
                 if packet.stream.index != video.index:
                     continue
                 for frame in decoder.frames(packet.decode):
@@ -244,9 +244,3 @@ def _frame_length(frame: av.VideoFrame, fps: float | None) -> float:
     if frame.duration and frame.time_base is not None:
         return float(frame.duration * frame.time_base)
     return 1.0 / (fps or 25.0)
-
-
-def _packet_end(packet: av.Packet[Any], origin: float) -> float:
-    if packet.pts is None or packet.time_base is None:
-        return 0.0
-    return float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin

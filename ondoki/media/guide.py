@@ -11,6 +11,7 @@ Layout of a published guide directory::
 from __future__ import annotations
 
 import bisect
+import glob
 import os
 import re
 import shutil
@@ -190,12 +191,8 @@ def clean_leftovers(destination: Path) -> None:
     if not parent.is_dir():
         return
     for prefix in (f".{destination.name}.tmp-", f".{destination.name}.old-"):
-        for path in parent.glob(f"{glob_escape(prefix)}*"):
+        for path in parent.glob(f"{glob.escape(prefix)}*"):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def staging_dir(destination: Path) -> Path:

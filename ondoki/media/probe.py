@@ -7,12 +7,13 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import av
 import av.codec.context
 import av.container
 import av.stream
+import av.subtitles.stream
 import msgspec
 
 from ondoki.errors import InvalidInput, UnsupportedMedia
@@ -184,6 +185,17 @@ def audio_stream(container: av.container.InputContainer) -> av.AudioStream | Non
     return next((s for s in container.streams.audio if _decodable(s)), None)
 
 
+def text_subtitle_streams(
+    container: av.container.InputContainer,
+) -> list[av.subtitles.stream.SubtitleStream]:
+    """The subtitle streams whose cues are text ondoki reads (`TEXT_SUBTITLES`)."""
+    return [
+        s
+        for s in container.streams.subtitles
+        if s.codec_context is not None and s.codec_context.name in TEXT_SUBTITLES
+    ]
+
+
 def _decodable(stream: av.stream.Stream) -> bool:
     # PyAV gives streams of codecs FFmpeg cannot decode no codec context.
     context: av.codec.context.CodecContext | None = stream.codec_context
@@ -206,11 +218,7 @@ def describe_container(container: av.container.InputContainer, size: int = 0) ->
         video_codec=context.name,
         has_audio=audio is not None,
         audio_codec=audio.codec_context.name if audio is not None else None,
-        subtitle_codecs=tuple(
-            s.codec_context.name
-            for s in container.streams.subtitles
-            if s.codec_context is not None and s.codec_context.name in TEXT_SUBTITLES
-        ),
+        subtitle_codecs=tuple(s.codec_context.name for s in text_subtitle_streams(container)),
         size_bytes=size,
     )
 
@@ -262,10 +270,15 @@ def _check_tail(container: av.container.InputContainer, info: VideoInfo) -> None
     for count, packet in enumerate(container.demux()):
         if count >= _TAIL_PACKETS:
             return  # plenty of data near the end
-        if packet.pts is not None and packet.time_base is not None:
-            length = packet.duration or 0
-            end = max(end, float((packet.pts + length) * packet.time_base) - info.start_time)
+        end = max(end, packet_end(packet, info.start_time))
     check_complete(end, info.duration)
+
+
+def packet_end(packet: av.Packet[Any], origin: float) -> float:
+    """When `packet`'s data ends, in seconds after `origin` (0.0 when it has no timing)."""
+    if packet.pts is None or packet.time_base is None:
+        return 0.0
+    return float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin
 
 
 def check_complete(end: float, declared: float) -> None:
