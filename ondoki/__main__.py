@@ -1,5 +1,5 @@
 import sys
 
-from ondoki.cli import main
+from ondoki.entrypoints.cli import main
 
 sys.exit(main())

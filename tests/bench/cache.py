@@ -6,8 +6,8 @@ import statistics
 
 import redis.asyncio as aioredis
 
-from adapters.memory.cache import MemoryCache
-from adapters.redis.cache import RedisCache
+from ondoki_adapters.memory.cache import MemoryCache
+from ondoki_adapters.redis.cache import RedisCache
 from tests.bench.report import Figure, interleaved, paired_ratio, rounds_of
 from tests.redis_server import RedisServer
 

@@ -63,11 +63,11 @@ import redis
 import redis.asyncio as aioredis
 from dramatiq.brokers.redis import RedisBroker
 
-from adapters.redis.jobs import DramatiqJobQueue, JobKeys, decode_record
-from adapters.redis.worker import WorkerOptions, run_worker
-from ondoki.jobs import DEFAULT_QUEUES, JobKinds
+from ondoki.domain.jobs import DEFAULT_QUEUES, JobKinds
 from ondoki.models import FINAL_STATES, JobRecord
 from ondoki.ports.jobs import JobContext
+from ondoki_adapters.redis.jobs import DramatiqJobQueue, JobKeys, decode_record
+from ondoki_adapters.redis.worker import WorkerOptions, run_worker
 from tests.bench.report import Figure
 from tests.redis_server import RedisServer
 

@@ -61,8 +61,8 @@ import anyio.to_thread
 import httpx2 as httpx
 import redis.asyncio as aioredis
 
-from adapters.redis.pubsub import RedisPubSub
-from ondoki.notifications import NotificationHub
+from ondoki.domain.notifications import NotificationHub
+from ondoki_adapters.redis.pubsub import RedisPubSub
 from tests.bench.report import Figure
 from tests.bench.wsclient import WebSocket
 from tests.e2e.process import ServeProcess, clean_env

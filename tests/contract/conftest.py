@@ -10,18 +10,18 @@ from typing import Any, Protocol
 import anyio
 import pytest
 
-from adapters.memory.cache import MemoryCache
-from adapters.memory.jobs import MemoryJobQueue
-from adapters.memory.pubsub import MemoryPubSub
-from adapters.redis.cache import RedisCache
-from adapters.redis.jobs import DramatiqJobQueue
-from adapters.redis.pubsub import RedisPubSub
-from adapters.redis.worker import run_worker
-from ondoki.jobs import DEFAULT_RECORD_TTL
+from ondoki.domain.jobs import DEFAULT_RECORD_TTL
 from ondoki.models import JobRecord
 from ondoki.ports.cache import Cache
 from ondoki.ports.jobs import JobQueue
 from ondoki.ports.pubsub import PubSub
+from ondoki_adapters.memory.cache import MemoryCache
+from ondoki_adapters.memory.jobs import MemoryJobQueue
+from ondoki_adapters.memory.pubsub import MemoryPubSub
+from ondoki_adapters.redis.cache import RedisCache
+from ondoki_adapters.redis.jobs import DramatiqJobQueue
+from ondoki_adapters.redis.pubsub import RedisPubSub
+from ondoki_adapters.redis.worker import run_worker
 from tests.integration.worker_main import build_kinds, fast_worker_options
 from tests.redis_server import RedisServer
 

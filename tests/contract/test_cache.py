@@ -7,7 +7,7 @@ import math
 import anyio
 import pytest
 
-from ondoki.cache import NamespacedCache
+from ondoki.domain.namespaces import NamespacedCache
 from ondoki.errors import InvalidInput
 from ondoki.ports.cache import Cache
 

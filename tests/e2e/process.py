@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from ondoki.redact import url_password
+from ondoki.support.redact import url_password
 from tests.redis_server import free_port
 
 # Variables a developer's shell may have set that would change what the test starts.

@@ -58,7 +58,7 @@ def websocket_gauges(base_url: str) -> tuple[float, float]:
 def test_frames_go_straight_to_the_transport_where_the_server_allows(
     start: Start, worker_class: str, direct: bool
 ) -> None:
-    # hypercorn on asyncio/uvloop: frames are written under ASGI (adapters/web/direct.py);
+    # hypercorn on asyncio/uvloop: frames are written under ASGI (adapters/ondoki_adapters/web/direct.py);
     # on trio the transport cannot be reached and ASGI sends carry them. Clients see the
     # same frames either way, with or without permessage-deflate negotiated.
     server = start(

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from adapters.redis.cache import RedisCache
 from ondoki.errors import CacheError
+from ondoki_adapters.redis.cache import RedisCache
 from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -87,7 +87,7 @@ async def test_unix_socket_url(tmp_path_factory: pytest.TempPathFactory) -> None
 
 
 async def test_given_client_is_used_and_left_open(redis_server: RedisServer) -> None:
-    from adapters.redis.connection import connect
+    from ondoki_adapters.redis.connection import connect
 
     client = connect(redis_server.url(3))
     cache = RedisCache(client=client)
@@ -102,7 +102,7 @@ async def test_a_burst_waits_for_pool_connections_instead_of_failing(
 ) -> None:
     import anyio
 
-    from adapters.redis.connection import connect
+    from ondoki_adapters.redis.connection import connect
 
     client = connect(redis_server.url(0), max_connections=2)
     cache = RedisCache(client=client)

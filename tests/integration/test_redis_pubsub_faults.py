@@ -13,10 +13,10 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from adapters.redis.connection import connect
-from adapters.redis.pubsub import RedisPubSub
 from ondoki.errors import PubSubError
 from ondoki.models import Delivery, Gap, Message
+from ondoki_adapters.redis.connection import connect
+from ondoki_adapters.redis.pubsub import RedisPubSub
 from tests.redis_server import RedisServer
 from tests.waits import take
 

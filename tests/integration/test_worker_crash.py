@@ -18,9 +18,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from adapters.redis.jobs import DramatiqJobQueue, job_message
 from ondoki.errors import JobQueueError
 from ondoki.models import JobRecord
+from ondoki_adapters.redis.jobs import DramatiqJobQueue, job_message
 from tests import waits
 from tests.integration.worker_main import build_kinds
 from tests.redis_server import RedisServer

@@ -20,10 +20,10 @@ from typing import Any
 
 import anyio
 
-from adapters.redis.worker import WorkerOptions, run_worker
+from ondoki.domain.jobs import Backoff, JobKinds, register_demo_kinds
 from ondoki.errors import JobCancelled, RetryableJobError
-from ondoki.jobs import Backoff, JobKinds, register_demo_kinds
 from ondoki.ports.jobs import JobContext
+from ondoki_adapters.redis.worker import WorkerOptions, run_worker
 
 #: Short backoffs, so retries happen within a test.
 FAST_BACKOFF = Backoff(first=0.1, factor=2.0, maximum=0.4, jitter=0.0)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import msgspec
 
-from ondoki.settings import Settings, env_name
+from ondoki.support.settings import Settings, env_name
 
 ROOT = Path(__file__).parents[2]
 

@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from ondoki.logs import JsonFormatter, Redactor, request_id, secrets_of
+from ondoki.support.logs import JsonFormatter, Redactor, request_id, secrets_of
 
 
 def log_line(redactor: Redactor, message: str, *args: object, **extra: object) -> dict[str, object]:

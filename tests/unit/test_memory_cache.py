@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.memory.cache import MemoryCache
 from ondoki.errors import InvalidInput
+from ondoki_adapters.memory.cache import MemoryCache
 
 pytestmark = pytest.mark.anyio
 

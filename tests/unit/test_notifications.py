@@ -15,10 +15,10 @@ import anyio
 import anyio.abc
 import pytest
 
-from adapters.memory.pubsub import MemoryPubSub
+from ondoki.domain.notifications import CloseCode, Frame, NotificationHub
 from ondoki.errors import InvalidInput, PubSubError, TooLarge
 from ondoki.models import Position
-from ondoki.notifications import CloseCode, Frame, NotificationHub
+from ondoki_adapters.memory.pubsub import MemoryPubSub
 
 pytestmark = pytest.mark.anyio
 

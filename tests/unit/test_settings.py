@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from ondoki.errors import ConfigError
-from ondoki.redact import redact_url
-from ondoki.settings import Settings, env_name, load_settings, with_db
+from ondoki.support.redact import redact_url
+from ondoki.support.settings import Settings, env_name, load_settings, with_db
 
 
 def test_defaults_need_no_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,7 +222,7 @@ def test_malformed_redis_urls_are_named_without_echoing_them(url: str) -> None:
 
 
 def test_a_password_with_a_slash_is_still_redacted() -> None:
-    from ondoki.logs import Redactor, secrets_of
+    from ondoki.support.logs import Redactor, secrets_of
 
     url = "redis://:s3cr3tPW/x9@127.0.0.1:1/0"
     assert redact_url(url) == "redis://:***@127.0.0.1:1/0"

@@ -8,9 +8,9 @@ from typing import Literal
 import pytest
 from starlette.testclient import TestClient
 
-from adapters.web.app import create_app
-from ondoki.bootstrap import open_services
-from ondoki.settings import Settings
+from ondoki.entrypoints.bootstrap import open_services
+from ondoki.support.settings import Settings
+from ondoki_adapters.web.app import create_app
 from tests.redis_server import RedisServer
 
 API_KEY = "test-api-key-0123456789"

@@ -1,4 +1,4 @@
-"""Frames written under ASGI (adapters/web/direct.py): their bytes, and when the path is used.
+"""Frames written under ASGI (adapters/ondoki_adapters/web/direct.py): their bytes, and when the path is used.
 
 That `ondoki serve` finds hypercorn's transport, and that clients read what it writes, is
 shown end to end in tests/e2e/test_notifications.py (`..._straight_to_the_transport...`).
@@ -14,8 +14,8 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from adapters.web.direct import Underneath, find_transport, text_frame, writer
-from ondoki.notifications import Frame
+from ondoki.domain.notifications import Frame
+from ondoki_adapters.web.direct import Underneath, find_transport, text_frame, writer
 
 
 def parse_as_client(data: bytes) -> list[tuple[Opcode, str]]:

@@ -13,12 +13,12 @@ from typing import Any, Literal
 import pytest
 from starlette.testclient import TestClient
 
-from adapters.web.app import create_app
-from ondoki.bootstrap import build_kinds, open_services
+from ondoki.entrypoints.bootstrap import build_kinds, open_services
+from ondoki.entrypoints.services import Services
 from ondoki.errors import RetryableJobError
 from ondoki.ports.jobs import JobContext
-from ondoki.services import Services
-from ondoki.settings import Settings
+from ondoki.support.settings import Settings
+from ondoki_adapters.web.app import create_app
 from tests.media.generate import Scene, write_video
 from tests.web.conftest import API_KEY, Api
 from tests.web.test_api import error_of

@@ -1,0 +1,119 @@
+"""`GET /metrics`: Prometheus text, from this process's counters and the job queue's state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import anyio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ondoki.entrypoints.services import Services
+from ondoki.errors import OndokiError
+from ondoki.models import JobStats
+from ondoki_adapters.web.auth import services
+
+log = logging.getLogger("ondoki.metrics")
+STATS_TIMEOUT = 2.0
+
+
+class ServiceCollector(Collector):
+    """Reads the services' own counters at scrape time (no second bookkeeping)."""
+
+    def __init__(self) -> None:
+        self.services: Services | None = None
+        self.jobs: JobStats | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        found = self.services
+        if found is None:
+            return
+        hub = found.notifications.stats
+        yield _gauge("ondoki_websockets_open", "Open WebSocket connections", hub.connections)
+        yield _gauge(
+            "ondoki_websockets_direct",
+            "Open WebSockets written straight to their transport (the rest: ASGI sends)",
+            hub.direct,
+        )
+        yield _counter("ondoki_notifications_published", "Notifications published", hub.published)
+        yield _counter(
+            "ondoki_notifications_delivered",
+            "Frames handed to clients (notifications, resyncs, pings)",
+            hub.delivered,
+        )
+        yield _counter(
+            "ondoki_ws_slow_client_closes", "Clients closed with 4008 (too slow)", hub.slow_closes
+        )
+        yield _counter("ondoki_ws_resyncs", "Resync frames sent (history gaps)", hub.resyncs)
+        pubsub = found.pubsub
+        yield _counter(
+            "ondoki_pubsub_reconnects",
+            "Times the pub/sub connection was lost and made again",
+            getattr(pubsub, "disconnects", 0),
+        )
+        yield _counter(
+            "ondoki_pubsub_repaired_messages",
+            "Messages missed live and delivered from history after a reconnect",
+            getattr(pubsub, "repaired", 0),
+        )
+        yield _counter(
+            "ondoki_pubsub_unrepaired_gaps",
+            "Gaps history could not cover after a reconnect",
+            getattr(pubsub, "gaps", 0),
+        )
+        if self.jobs is not None:
+            states = GaugeMetricFamily("ondoki_jobs", "Jobs per state", labels=["state"])
+            for state, count in sorted(self.jobs.states.items()):
+                states.add_metric([state], count)
+            yield states
+            depth = GaugeMetricFamily("ondoki_queue_depth", "Jobs waiting", labels=["queue"])
+            delayed = GaugeMetricFamily(
+                "ondoki_queue_delayed", "Jobs waiting to retry after a backoff", labels=["queue"]
+            )
+            age = GaugeMetricFamily(
+                "ondoki_queue_oldest_age_seconds", "Age of the oldest waiting job", labels=["queue"]
+            )
+            for queue, stats in sorted(self.jobs.queues.items()):
+                depth.add_metric([queue], stats.waiting)
+                delayed.add_metric([queue], stats.delayed)
+                age.add_metric([queue], stats.oldest_age or 0.0)
+            yield from (depth, delayed, age)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+class MetricsEndpoint:
+    """The route handler, holding the app's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.collector = ServiceCollector()
+        registry.register(self.collector)
+        # The collector holds one scrape's job stats: scrapes take turns, or two could mix.
+        self._scraping: anyio.Lock | None = None
+
+    async def handle(self, request: Request) -> Response:
+        found = services(request)
+        if self._scraping is None:
+            self._scraping = anyio.Lock()
+        async with self._scraping:
+            self.collector.services = found
+            try:
+                with anyio.fail_after(STATS_TIMEOUT):
+                    self.collector.jobs = await found.jobs.stats()
+            except (OndokiError, TimeoutError) as exc:
+                # The rest of the metrics still say something useful while the broker is down.
+                log.warning("job metrics unavailable: %s", exc)
+                self.collector.jobs = None
+            body = await anyio.to_thread.run_sync(generate_latest, self.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,1 @@
+"""Infrastructure helpers every layer may use: settings, structured logs, secret redaction."""
