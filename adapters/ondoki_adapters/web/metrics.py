@@ -39,7 +39,11 @@ class ServiceCollector(Collector):
             "Open WebSockets written straight to their transport (the rest: ASGI sends)",
             hub.direct,
         )
-        yield _counter("ondoki_notifications_published", "Notifications published", hub.published)
+        yield _counter(
+            "ondoki_notifications_published",
+            "Notifications published",
+            found.notifications.publisher.published,
+        )
         yield _counter(
             "ondoki_notifications_delivered",
             "Frames handed to clients (notifications, resyncs, pings)",

@@ -1,14 +1,8 @@
-"""Notifications: publish per-user events, and serve them to connected clients.
-
-The wire protocol (DESIGN section 7) lives here, independent of the transport: the web
-adapter hands `NotificationHub.serve` a `ClientConnection` for each accepted WebSocket.
-"""
+"""The notification hub: serves each connected client its user's events."""
 
 from __future__ import annotations
 
 import logging
-import math
-import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,114 +11,30 @@ from typing import Any, Protocol
 import anyio
 import msgspec
 
-from ondoki.domain import validation
-from ondoki.errors import InvalidInput, OndokiError, TooLarge
-from ondoki.models import Gap, JobRecord, Message, Position
+from ondoki.domain.notifications.outbox import ClientClosed, DirectOutbox, Outbox, QueuedOutbox
+from ondoki.domain.notifications.protocol import (
+    PING,
+    CloseCode,
+    EndSession,
+    Frame,
+    NotificationMessage,
+    Pong,
+    Resume,
+    ResyncMessage,
+    decode_envelope,
+    encode,
+    parse_client,
+    text_frame,
+)
+from ondoki.domain.notifications.publishing import Publisher
+from ondoki.errors import OndokiError
+from ondoki.models import Gap, Message, Position
 from ondoki.ports.pubsub import PubSub
 
 log = logging.getLogger("ondoki.domain.notifications")
 
 # Frames' JSON; each cached frame may also hold its wire and text copies (three times).
 _FRAME_CACHE_BYTES = 1024 * 1024
-_EVENT_TYPE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
-# -- what is stored in a user's channel ---------------------------------------------------
-
-
-class Event(msgspec.Struct, tag="event", tag_field="kind"):
-    """A notification for the user's clients."""
-
-    type: str
-    data: Any = None
-
-
-class EndSession(msgspec.Struct, tag="end_session", tag_field="kind"):
-    """Close the sockets of one session (logout); never shown to clients."""
-
-    session: str
-
-
-Envelope = Event | EndSession
-_encode = msgspec.json.Encoder().encode
-_decode_envelope = msgspec.json.Decoder(Envelope).decode
-
-
-# -- the wire protocol ---------------------------------------------------------------------
-
-
-class _Notification(msgspec.Struct, tag="notification"):
-    epoch: str
-    offset: int
-    event: msgspec.Raw
-
-
-class _Resync(msgspec.Struct, tag="resync"):
-    epoch: str
-    offset: int
-
-
-class _Ping(msgspec.Struct, tag="ping"):
-    pass
-
-
-class _Error(msgspec.Struct, tag="error"):
-    code: str
-    message: str
-
-
-class Resume(msgspec.Struct, tag="resume", forbid_unknown_fields=True):
-    epoch: str
-    offset: Any  # checked by hand, to answer a wrong type with a clear error
-
-
-class Pong(msgspec.Struct, tag="pong"):
-    pass
-
-
-_decode_client = msgspec.json.Decoder(Resume | Pong).decode
-PING = _encode(_Ping())
-
-
-def _text(message: msgspec.Struct) -> Frame:
-    return Frame(_encode(message))
-
-
-class CloseCode:
-    """WebSocket close codes the server uses."""
-
-    NORMAL = 1000
-    POLICY = 1008  # authentication failed (before or after accept)
-    TOO_BIG = 1009
-    INTERNAL = 1011
-    RESTART = 1012  # the server is shutting down: reconnect elsewhere and resume
-    PONG_TIMEOUT = 4000
-    SESSION_ENDED = 4001
-    SLOW_CLIENT = 4008  # could not keep up: reconnect and resume from the last offset
-
-
-class Frame:
-    """A text frame for clients: its JSON as UTF-8 `data`, and a slot for its bytes on the
-    wire.
-
-    A notification goes to every local client of its user. The hub makes its Frame once per
-    process; a transport that writes frames itself (`ClientConnection.writer`) keeps their
-    encoding in `wire`, so that is done once per process too, not once per client.
-    """
-
-    __slots__ = ("_text", "data", "wire")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.wire: bytes | None = None
-        self._text: str | None = None
-
-    @property
-    def text(self) -> str:
-        """The JSON as text (decoded once), for transports that take text."""
-        if self._text is None:
-            self._text = self.data.decode()
-        return self._text
 
 
 class ClientConnection(Protocol):
@@ -159,86 +69,9 @@ class HubStats:
 
     connections: int = 0
     direct: int = 0  # of `connections`: those whose frames go straight to their transport
-    published: int = 0
     delivered: int = 0
     slow_closes: int = 0
     resyncs: int = 0
-
-
-class _Close(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class _Outbox:
-    """Frames on their way to one client, bounded in bytes: `put` never waits. A client
-    that still has more than `limit` bytes to take when a new frame comes is too slow: it
-    is closed with 4008 and resumes from its last offset. (Counting what waits *ahead* of
-    the new frame means one frame alone, however large, never closes a client that keeps
-    up.)"""
-
-    def __init__(self, limit: int, stats: HubStats) -> None:
-        self.limit = limit
-        self.stats = stats
-
-    def put(self, frame: Frame) -> None:
-        raise NotImplementedError
-
-    async def run(self) -> None:
-        """The outbox's own work, for as long as the client is served."""
-
-    def close(self) -> None:
-        """Drop what is still queued."""
-
-    @staticmethod
-    def too_slow() -> _Close:
-        return _Close(CloseCode.SLOW_CLIENT, "too slow: resume from your last offset")
-
-
-class _DirectOutbox(_Outbox):
-    """The transport's own buffer is the outbox: frames are written as they come, with no
-    task switch and no copy per client (the fast path of fan-out)."""
-
-    def __init__(self, write: Callable[[Frame], int | None], limit: int, stats: HubStats) -> None:
-        super().__init__(limit, stats)
-        self.write = write
-
-    def put(self, frame: Frame) -> None:
-        unsent = self.write(frame)
-        if unsent is None:
-            return  # closing: the receive side ends the client
-        self.stats.delivered += 1
-        # What the transport holds beyond (at most) this frame was waiting ahead of it.
-        if unsent - len(frame.data) > self.limit:
-            raise self.too_slow()
-
-
-class _QueuedOutbox(_Outbox):
-    """A queue of frames that `run` sends one by one, for transports that must be awaited."""
-
-    def __init__(self, client: ClientConnection, limit: int, stats: HubStats) -> None:
-        super().__init__(limit, stats)
-        self.client = client
-        self.queued = 0  # bytes waiting or being sent
-        self.send, self.receive = anyio.create_memory_object_stream[Frame](math.inf)
-
-    def put(self, frame: Frame) -> None:
-        if self.queued > self.limit:
-            raise self.too_slow()
-        self.queued += len(frame.data)
-        self.send.send_nowait(frame)
-
-    async def run(self) -> None:
-        async for frame in self.receive:
-            await self.client.send(frame)
-            self.queued -= len(frame.data)
-            self.stats.delivered += 1
-
-    def close(self) -> None:
-        self.send.close()
-        self.receive.close()
 
 
 class NotificationHub:
@@ -273,6 +106,7 @@ class NotificationHub:
         self.ping_timeout = ping_timeout
         self.resume_wait = resume_wait
         self.stats = HubStats()
+        self.publisher = Publisher(pubsub, max_event_bytes=max_event_bytes)
         self._closing = False
         # How to close each client being served (`close_all` calls every one).
         self._closers: set[Callable[[int, str], None]] = set()
@@ -286,21 +120,11 @@ class NotificationHub:
         self, user_id: str, type: str, data: Any = None, *, id: str | None = None
     ) -> Position:
         """Publish an event to every client of `user_id`; `id` makes it idempotent."""
-        validation.user_id(user_id)
-        if not _EVENT_TYPE.fullmatch(type):
-            raise InvalidInput("type must be 1-64 characters of letters, digits and . _ -")
-        if id is not None and not 1 <= len(id) <= 128:
-            raise InvalidInput("id must be 1-128 characters")
-        payload = _encode(Event(type=type, data=data))
-        if len(payload) > self.max_event_bytes:
-            raise TooLarge(f"event is {len(payload)} bytes; the limit is {self.max_event_bytes}")
-        position = await self.pubsub.publish(user_id, payload, idempotency_key=id)
-        self.stats.published += 1
-        return position
+        return await self.publisher.publish(user_id, type, data, id=id)
 
     async def end_session(self, user_id: str, session: str) -> None:
         """Close that session's clients on every instance (after logout)."""
-        await self.pubsub.publish(user_id, _encode(EndSession(session=session)))
+        await self.publisher.end_session(user_id, session)
 
     def close_all(self) -> None:
         """Close every client with 1012 (shutdown); new clients are refused from now on."""
@@ -377,17 +201,17 @@ class NotificationHub:
             tasks.cancel_scope.cancel()
 
         write = client.writer()
-        outbox: _Outbox = (
-            _QueuedOutbox(client, self.send_buffer_bytes, self.stats)
+        outbox: Outbox = (
+            QueuedOutbox(client, self.send_buffer_bytes, self.stats)
             if write is None
-            else _DirectOutbox(write, self.send_buffer_bytes, self.stats)
+            else DirectOutbox(write, self.send_buffer_bytes, self.stats)
         )
         enqueue = outbox.put
 
         async def guarded(task: Callable[[], Awaitable[None]]) -> None:
             try:
                 await task()
-            except _Close as exc:
+            except ClientClosed as exc:
                 close(exc.code, exc.reason)
             except OndokiError as exc:
                 log.warning("closing a client of %s: %s", user_id, exc)
@@ -400,7 +224,7 @@ class NotificationHub:
                 return
             try:
                 self._forward(message, session, enqueue)
-            except _Close as exc:
+            except ClientClosed as exc:
                 close(exc.code, exc.reason)
 
         async def pump() -> None:
@@ -419,7 +243,7 @@ class NotificationHub:
                 if text is None:
                     close(CloseCode.NORMAL, "")
                     return
-                message, error = _parse(text)
+                message, error = parse_client(text)
                 if error is not None:
                     enqueue(error)
                 elif isinstance(message, Pong):
@@ -433,12 +257,12 @@ class NotificationHub:
             while True:
                 await anyio.sleep(self.ping_interval)
                 if session_valid is not None and not await session_valid():
-                    raise _Close(CloseCode.SESSION_ENDED, "session ended")
+                    raise ClientClosed(CloseCode.SESSION_ENDED, "session ended")
                 pongs.pinged(anyio.current_time())
                 enqueue(Frame(PING))
                 await anyio.sleep(self.ping_timeout)
                 if pongs.overdue(anyio.current_time(), self.ping_timeout):
-                    raise _Close(CloseCode.PONG_TIMEOUT, "no pong")
+                    raise ClientClosed(CloseCode.PONG_TIMEOUT, "no pong")
 
         self.stats.direct += write is not None
         try:
@@ -457,7 +281,7 @@ class NotificationHub:
         return closed[0] if closed else (CloseCode.NORMAL, "")
 
     def _parse_first(self, text: str, start: Position) -> tuple[Position, Frame | None]:
-        message, error = _parse(text)
+        message, error = parse_client(text)
         if isinstance(message, Resume):
             return Position(message.epoch, message.offset), None
         return start, error
@@ -468,7 +292,7 @@ class NotificationHub:
         if isinstance(delivery, Gap):
             self.stats.resyncs += 1
             position = delivery.position
-            enqueue(_text(_Resync(position.epoch, position.offset)))
+            enqueue(text_frame(ResyncMessage(position.epoch, position.offset)))
             return
         frame = self._frame(delivery, session)
         if frame is not None:
@@ -480,16 +304,16 @@ class NotificationHub:
         if frame is not None:
             return frame
         try:
-            envelope = _decode_envelope(message.payload)
+            envelope = decode_envelope(message.payload)
         except msgspec.DecodeError:
             log.warning("dropping an undecodable message on %s at %s", message.channel, key[1:])
             return None
         if isinstance(envelope, EndSession):
             if envelope.session == session:
-                raise _Close(CloseCode.SESSION_ENDED, "session ended")
+                raise ClientClosed(CloseCode.SESSION_ENDED, "session ended")
             return None
-        event = msgspec.Raw(_encode({"type": envelope.type, "data": envelope.data}))
-        frame = _text(_Notification(key[1], key[2], event))
+        event = msgspec.Raw(encode({"type": envelope.type, "data": envelope.data}))
+        frame = text_frame(NotificationMessage(key[1], key[2], event))
         self._frames[key] = frame
         self._frame_bytes += len(frame.data)
         # Fan-out reads a frame within moments of its first encoding: a small cache, bounded
@@ -531,60 +355,3 @@ class _PongClock:
 
     def overdue(self, now: float, timeout: float) -> bool:
         return self.waiting_since is not None and now - self.waiting_since >= timeout
-
-
-def _parse(text: str) -> tuple[Resume | Pong | None, Frame | None]:
-    """A client message, or the error frame that answers it."""
-    try:
-        message = _decode_client(text)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return None, _text(_Error("bad_message", f"unreadable message: {exc}"))
-    if isinstance(message, Resume) and (
-        not isinstance(message.offset, int)
-        or isinstance(message.offset, bool)
-        or message.offset < 0
-    ):
-        return None, _text(_Error("bad_message", "resume offset must be an integer >= 0"))
-    return message, None
-
-
-# -- job progress as notifications ------------------------------------------------------------
-
-_JOB_EVENTS = {
-    "running": "job.progress",
-    "succeeded": "job.succeeded",
-    "failed": "job.failed",
-    "dead": "job.dead",
-    "cancelled": "job.cancelled",
-}
-
-
-def job_notifier(
-    hub: NotificationHub, present: Callable[[JobRecord], JobRecord] = lambda record: record
-) -> Callable[[JobRecord], Awaitable[None]]:
-    """The JobQueue's `notify` callback: each change of a job reaches its owner's clients as
-    `job.progress`, `job.succeeded`, `job.failed`, `job.dead` or `job.cancelled`, as
-    `present` shows the record to its owner."""
-
-    async def notify(record: JobRecord) -> None:
-        record = present(record)
-        event = _JOB_EVENTS.get(record.state)
-        if record.owner is None or event is None:
-            return  # `queued` is what the client saw when it enqueued; nothing to add
-        data: dict[str, Any] = {
-            "job_id": record.id,
-            "kind": record.kind,
-            "state": record.state,
-            "stage": record.stage,
-            "progress": record.progress,
-            "attempts": record.attempts,
-        }
-        if record.state == "succeeded":
-            data["result"] = record.result
-        if record.error is not None:
-            data["error"] = record.error
-        # Final events are idempotent: a redelivered job must not announce its end twice.
-        key = None if event == "job.progress" else f"{record.id}:{record.state}:{record.attempts}"
-        await hub.publish(record.owner, event, data, id=key)
-
-    return notify
