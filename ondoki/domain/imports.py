@@ -14,8 +14,8 @@ import anyio
 import anyio.abc
 import msgspec
 
+from ondoki.domain.media import KIND, QUEUE, Guide, MediaLimits, probe, read_guide
 from ondoki.errors import InvalidInput, JobStateError, NotFound, TooLarge
-from ondoki.media import KIND, QUEUE, Guide, MediaLimits, probe, read_guide
 from ondoki.models import JobRecord
 from ondoki.ports.cache import Cache
 from ondoki.ports.jobs import JobQueue

@@ -102,7 +102,7 @@ def build_pubsub(settings: Settings) -> PubSub:
 
 def build_kinds(settings: Settings) -> JobKinds:
     """Every job kind this deployment runs."""
-    from ondoki.media import (
+    from ondoki.domain.media import (
         KIND,
         QUEUE,
         CaptionsFirst,
@@ -110,7 +110,7 @@ def build_kinds(settings: Settings) -> JobKinds:
         PocketsphinxTranscriber,
         WhisperTranscriber,
     )
-    from ondoki.media.transcribe import Transcriber
+    from ondoki_adapters.media.audio import Transcriber
 
     speech: Transcriber = PocketsphinxTranscriber()
     if settings.whisper_model_dir is not None:

@@ -179,7 +179,7 @@ def _peak_rss() -> int:
 
 def child(video: Path, out: Path) -> dict[str, Any]:
     """Run one import here, as a worker would, and say how long each stage took."""
-    from ondoki.media import run_import
+    from ondoki.domain.media import run_import
 
     base = _peak_rss()
     clock = StageClock()

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from ondoki.media import CaptionsFirst, Segment
-from ondoki.media.captions import (
+from ondoki.domain.media import CaptionsFirst, Segment
+from ondoki.domain.media.captions import (
     container_captions,
     parse_captions,
     read_captions,

@@ -9,8 +9,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from ondoki.media import SceneOptions, UnsupportedMedia, extract_steps, probe
-from ondoki.media.frames import Extraction, SceneDetector
+from ondoki.domain.media import SceneOptions, UnsupportedMedia, extract_steps, probe
+from ondoki_adapters.media.frames import Extraction, SceneDetector
 from tests.media.generate import PALETTE, Scene, Truth, damage, draw, remux, write_video
 
 # Steps are found on frames sampled 10 times a second, from a 15 fps video.

@@ -7,9 +7,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ondoki.media import Segment, VideoInfo, Word
-from ondoki.media.frames import StepFrame
-from ondoki.media.guide import (
+from ondoki.domain.media import Segment, VideoInfo, Word
+from ondoki.domain.media.guide import (
     assign_narration,
     build_guide,
     clean_leftovers,
@@ -20,6 +19,7 @@ from ondoki.media.guide import (
     staging_dir,
     write_guide,
 )
+from ondoki_adapters.media.frames import StepFrame
 
 
 def words(*timed: tuple[float, float, str]) -> Segment:

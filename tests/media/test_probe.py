@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ondoki.domain.media import MediaLimits, UnsupportedMedia, probe
 from ondoki.errors import InvalidInput
-from ondoki.media import MediaLimits, UnsupportedMedia, probe
 from tests.media.generate import (
     Scene,
     Truth,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from ondoki.domain.media import PocketsphinxTranscriber, Segment
 from ondoki.errors import ConfigError, JobCancelled
-from ondoki.media import PocketsphinxTranscriber, Segment
 from tests.media.conftest import SPOKEN
 from tests.media.fakes import nothing
 from tests.media.generate import Truth

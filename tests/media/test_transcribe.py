@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ondoki.media import CaptionsFirst, PocketsphinxTranscriber
-from ondoki.media.transcribe import SAMPLE_RATE, pcm_chunks
+from ondoki.domain.media import CaptionsFirst, PocketsphinxTranscriber
+from ondoki_adapters.media.audio import SAMPLE_RATE, pcm_chunks
 from tests.media.fakes import nothing
 from tests.media.generate import Scene, Truth, write_video
 

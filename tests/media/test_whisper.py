@@ -13,9 +13,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from ondoki.domain.media import WhisperTranscriber
 from ondoki.errors import ConfigError
-from ondoki.media import WhisperTranscriber
-from ondoki.media.transcribe import SAMPLE_RATE
+from ondoki_adapters.media.audio import SAMPLE_RATE
 from tests.media.fakes import nothing
 from tests.media.generate import Truth
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ondoki.errors import ConfigError
-from ondoki.media.transcribe import (
+from ondoki_adapters.media.audio import (
     SAMPLE_RATE,
     Checkpoint,
     Progress,

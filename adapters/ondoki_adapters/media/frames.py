@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ondoki.errors import RetryableJobError, UnsupportedMedia
-from ondoki.media.probe import (
+from ondoki_adapters.media.probe import (
     MediaLimits,
     PacketDecoder,
     VideoInfo,

@@ -6,15 +6,22 @@ detection), `transcribe` (the `Transcriber` port and the audio it hears) with it
 `captions`, `sphinx` and `whisper`, and `guide` (the model, its files, atomic publishing).
 """
 
+from ondoki.domain.media.captions import CaptionsFirst
+from ondoki.domain.media.guide import Guide, GuideStep, read_guide
+from ondoki.domain.media.pipeline import (
+    KIND,
+    QUEUE,
+    STAGES,
+    ImportPayload,
+    MediaImporter,
+    run_import,
+)
 from ondoki.errors import UnsupportedMedia
-from ondoki.media.captions import CaptionsFirst
-from ondoki.media.frames import SceneOptions, StepFrame, extract_steps
-from ondoki.media.guide import Guide, GuideStep, read_guide
-from ondoki.media.pipeline import KIND, QUEUE, STAGES, ImportPayload, MediaImporter, run_import
-from ondoki.media.probe import MediaLimits, VideoInfo, probe
-from ondoki.media.sphinx import PocketsphinxTranscriber
-from ondoki.media.transcribe import Segment, Transcriber, Word
-from ondoki.media.whisper import WhisperTranscriber
+from ondoki_adapters.media.audio import Segment, Transcriber, Word
+from ondoki_adapters.media.frames import SceneOptions, StepFrame, extract_steps
+from ondoki_adapters.media.probe import MediaLimits, VideoInfo, probe
+from ondoki_adapters.media.sphinx import PocketsphinxTranscriber
+from ondoki_adapters.media.whisper import WhisperTranscriber
 
 __all__ = [
     "KIND",

@@ -10,8 +10,8 @@ import av
 import av.container
 
 from ondoki.errors import UnsupportedMedia
-from ondoki.media.probe import describe, open_video, text_subtitle_streams
-from ondoki.media.transcribe import Checkpoint, Progress, Segment, Transcriber
+from ondoki_adapters.media.audio import Checkpoint, Progress, Segment, Transcriber
+from ondoki_adapters.media.probe import describe, open_video, text_subtitle_streams
 
 # Sidecar captions larger than this are not captions.
 _MAX_CAPTION_BYTES = 8 * 1024 * 1024

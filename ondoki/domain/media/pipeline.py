@@ -23,10 +23,8 @@ from typing import Any
 
 import msgspec
 
-from ondoki.errors import InvalidInput, RetryableJobError
-from ondoki.media.captions import CaptionsFirst, parse_captions, sidecar_captions
-from ondoki.media.frames import SceneOptions, extract_steps
-from ondoki.media.guide import (
+from ondoki.domain.media.captions import CaptionsFirst, parse_captions, sidecar_captions
+from ondoki.domain.media.guide import (
     FRAMES,
     GUIDE_JSON,
     build_guide,
@@ -35,10 +33,12 @@ from ondoki.media.guide import (
     staging_dir,
     write_guide,
 )
-from ondoki.media.probe import MediaLimits, probe
-from ondoki.media.sphinx import PocketsphinxTranscriber
-from ondoki.media.transcribe import Segment, Transcriber
+from ondoki.errors import InvalidInput, RetryableJobError
 from ondoki.ports.jobs import JobContext
+from ondoki_adapters.media.audio import Segment, Transcriber
+from ondoki_adapters.media.frames import SceneOptions, extract_steps
+from ondoki_adapters.media.probe import MediaLimits, probe
+from ondoki_adapters.media.sphinx import PocketsphinxTranscriber
 
 #: The job kind this module implements, and the queue it belongs on (DESIGN section 1).
 KIND = "media.import"

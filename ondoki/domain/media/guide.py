@@ -22,9 +22,9 @@ from typing import Literal
 
 import msgspec
 
-from ondoki.media.frames import StepFrame
-from ondoki.media.probe import VideoInfo
-from ondoki.media.transcribe import Segment
+from ondoki_adapters.media.audio import Segment
+from ondoki_adapters.media.frames import StepFrame
+from ondoki_adapters.media.probe import VideoInfo
 
 GUIDE_JSON = "guide.json"
 GUIDE_MD = "guide.md"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ondoki.errors import ConfigError
-from ondoki.media.transcribe import (
+from ondoki_adapters.media.audio import (
     SAMPLE_RATE,
     Checkpoint,
     Progress,

@@ -1,8 +1,8 @@
 """Transcription: the `Transcriber` port, what it returns, and the audio it listens to.
 
-Adapters: `ondoki.media.captions.CaptionsFirst` (captions beside or inside the video win,
-else a speech recogniser; the default), `ondoki.media.sphinx.PocketsphinxTranscriber`
-(offline, works out of the box) and `ondoki.media.whisper.WhisperTranscriber` (better text
+Adapters: `ondoki.domain.media.captions.CaptionsFirst` (captions beside or inside the video win,
+else a speech recogniser; the default), `ondoki_adapters.media.sphinx.PocketsphinxTranscriber`
+(offline, works out of the box) and `ondoki_adapters.media.whisper.WhisperTranscriber` (better text
 from a faster-whisper model the operator provides; optional).
 
 Every time is in seconds from the start of the video's timeline (`VideoInfo.start_time`).
@@ -19,7 +19,7 @@ import av.container
 import msgspec
 
 from ondoki.errors import UnsupportedMedia
-from ondoki.media.probe import PacketDecoder, audio_stream, describe, open_video
+from ondoki_adapters.media.probe import PacketDecoder, audio_stream, describe, open_video
 
 Progress = Callable[[float], None]
 Checkpoint = Callable[[], None]

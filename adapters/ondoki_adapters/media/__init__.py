@@ -1,0 +1,2 @@
+"""Media adapters: decoding with PyAV (FFmpeg), speech recognition with pocketsphinx or
+faster-whisper."""
