@@ -14,11 +14,12 @@ import anyio
 import anyio.abc
 import msgspec
 
-from ondoki.domain.media import KIND, QUEUE, Guide, MediaLimits, probe, read_guide
+from ondoki.domain.media import KIND, QUEUE, Guide, read_guide
 from ondoki.errors import InvalidInput, JobStateError, NotFound, TooLarge
 from ondoki.models import JobRecord
 from ondoki.ports.cache import Cache
 from ondoki.ports.jobs import JobQueue
+from ondoki.ports.media import MediaLimits, VideoProbe
 
 log = logging.getLogger("ondoki.domain.imports")
 
@@ -28,7 +29,8 @@ _FRAME_NAME = re.compile(r"frames/step-\d{3,6}\.jpg")
 
 class Imports:
     """Uploads are streamed to `media_dir/imports/<upload>/source` (never held in memory),
-    checked with `probe`, and queued; the worker writes the guide beside them.
+    checked with `probe` (a `VideoProbe`), and queued; the worker writes the guide beside
+    them.
 
     The API and the workers must see the same `media_dir` (one host, or a shared volume).
     """
@@ -42,8 +44,10 @@ class Imports:
         max_bytes: int,
         limits: MediaLimits | None = None,
         key_ttl: float,
+        probe: VideoProbe,
     ) -> None:
         self.jobs = jobs
+        self.probe = probe
         self.cache = cache
         # Absolute: the job's paths are read by workers whose working directory may differ.
         self.root = (media_dir / "imports").resolve()
@@ -105,7 +109,7 @@ class Imports:
         await anyio.Path(directory).mkdir(parents=True)
         try:
             await self._receive(body, source)
-            await anyio.to_thread.run_sync(lambda: probe(source, limits=self.limits))
+            await anyio.to_thread.run_sync(lambda: self.probe.probe(source, limits=self.limits))
             job_id = await self.jobs.enqueue(
                 KIND,
                 {"video_path": str(source), "output_dir": str(directory / "guide")},

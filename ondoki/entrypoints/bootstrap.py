@@ -16,6 +16,7 @@ import sniffio
 
 from ondoki.domain.imports import Imports, public
 from ondoki.domain.jobs import JobKinds, register_demo_kinds
+from ondoki.domain.media import KIND, QUEUE, CaptionsFirst, MediaImporter
 from ondoki.domain.namespaces import NamespacedCache
 from ondoki.domain.notifications import NotificationHub, job_notifier
 from ondoki.domain.sessions import Sessions
@@ -24,6 +25,7 @@ from ondoki.entrypoints.services import Services
 from ondoki.errors import ConfigError, OndokiError
 from ondoki.ports.cache import Cache
 from ondoki.ports.jobs import JobNotify, JobQueue
+from ondoki.ports.media import MediaDecoder, SubtitleReader, Transcriber
 from ondoki.ports.pubsub import PubSub
 from ondoki.support.redact import redact_url
 from ondoki.support.settings import Settings, with_db
@@ -100,23 +102,34 @@ def build_pubsub(settings: Settings) -> PubSub:
     )
 
 
-def build_kinds(settings: Settings) -> JobKinds:
-    """Every job kind this deployment runs."""
-    from ondoki.domain.media import (
-        KIND,
-        QUEUE,
-        CaptionsFirst,
-        MediaImporter,
-        PocketsphinxTranscriber,
-        WhisperTranscriber,
-    )
-    from ondoki_adapters.media.audio import Transcriber
+def build_decoder(settings: Settings) -> MediaDecoder:
+    """What reads uploaded videos: PyAV (FFmpeg)."""
+    from ondoki_adapters.media import PyAVDecoder
+
+    return PyAVDecoder()
+
+
+def build_transcriber(settings: Settings, subtitles: SubtitleReader) -> Transcriber:
+    """Captions when the video has any, else speech recognition: faster-whisper with the
+    operator's model when `ONDOKI_WHISPER_MODEL_DIR` is set, else pocketsphinx."""
+    from ondoki_adapters.media import PocketsphinxTranscriber, WhisperTranscriber
 
     speech: Transcriber = PocketsphinxTranscriber()
     if settings.whisper_model_dir is not None:
         speech = WhisperTranscriber(Path(settings.whisper_model_dir))
+    return CaptionsFirst(speech, subtitles=subtitles)
+
+
+def build_importer(settings: Settings) -> MediaImporter:
+    """The `media.import` job handler, with the media adapters the settings ask for."""
+    decoder = build_decoder(settings)
+    return MediaImporter(decoder=decoder, transcriber=build_transcriber(settings, decoder))
+
+
+def build_kinds(settings: Settings) -> JobKinds:
+    """Every job kind this deployment runs."""
     kinds = register_demo_kinds(JobKinds())
-    kinds.register(KIND, MediaImporter(transcriber=CaptionsFirst(speech)), queue=QUEUE)
+    kinds.register(KIND, build_importer(settings), queue=QUEUE)
     return kinds
 
 
@@ -194,6 +207,7 @@ async def open_services(
             Path(settings.media_dir),
             max_bytes=settings.max_upload_bytes,
             key_ttl=settings.job_record_ttl_seconds,
+            probe=build_decoder(settings),
         )
         await tasks.start(imports.run)
         services = Services(

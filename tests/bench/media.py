@@ -179,7 +179,10 @@ def _peak_rss() -> int:
 
 def child(video: Path, out: Path) -> dict[str, Any]:
     """Run one import here, as a worker would, and say how long each stage took."""
-    from ondoki.domain.media import run_import
+    from ondoki.entrypoints.bootstrap import build_importer
+    from ondoki.support.settings import Settings
+
+    run_import = build_importer(Settings())
 
     base = _peak_rss()
     clock = StageClock()

@@ -8,15 +8,17 @@ from typing import Any
 
 import pytest
 
-from ondoki.domain.media import CaptionsFirst, Segment
+from ondoki.domain.media import CaptionsFirst
 from ondoki.domain.media.captions import (
-    container_captions,
     parse_captions,
     read_captions,
     sidecar_captions,
 )
+from ondoki.ports.media import Segment
+from ondoki_adapters.media.subtitles import container_captions
 from tests.media.fakes import nothing
 from tests.media.generate import Scene, Truth, write_srt, write_video
+from tests.media.wiring import DECODER
 
 
 def test_parses_srt() -> None:
@@ -73,7 +75,7 @@ def test_reads_subrip_from_mkv(tmp_path: Path) -> None:
 
 def test_no_captions_is_none(silent_video: Truth) -> None:
     assert container_captions(silent_video.path) is None
-    assert read_captions(silent_video.path) is None
+    assert read_captions(silent_video.path, DECODER) is None
 
 
 def test_captions_win_over_speech(captioned_video: Truth) -> None:
@@ -83,7 +85,7 @@ def test_captions_win_over_speech(captioned_video: Truth) -> None:
         def transcribe(self, path: Path, **_: Any) -> list[Segment]:
             raise AssertionError("speech recognition must not run when there are captions")
 
-    segments = CaptionsFirst(Refuses()).transcribe(
+    segments = CaptionsFirst(Refuses(), subtitles=DECODER).transcribe(
         captioned_video.path, on_progress=nothing, checkpoint=nothing
     )
     assert [s.source for s in segments] == ["captions"] * 3
@@ -93,7 +95,9 @@ def test_a_sidecar_wins_over_the_container(tmp_path: Path, captioned_video: Trut
     video = tmp_path / "v.mp4"
     video.symlink_to(captioned_video.path)
     write_srt(tmp_path / "v.srt", [(0.5, 1.0, "from the sidecar")])
-    segments = CaptionsFirst().transcribe(video, on_progress=nothing, checkpoint=nothing)
+    segments = CaptionsFirst(subtitles=DECODER).transcribe(
+        video, on_progress=nothing, checkpoint=nothing
+    )
     assert [s.text for s in segments] == ["from the sidecar"]
 
 
@@ -110,5 +114,7 @@ def test_an_empty_caption_file_does_not_silence_the_speech(
         def transcribe(self, path: Path, **_: Any) -> list[Segment]:
             return [Segment(start=0.3, end=1.0, text="heard")]
 
-    segments = CaptionsFirst(Speech()).transcribe(video, on_progress=nothing, checkpoint=nothing)
+    segments = CaptionsFirst(Speech(), subtitles=DECODER).transcribe(
+        video, on_progress=nothing, checkpoint=nothing
+    )
     assert [s.text for s in segments] == ["heard"]

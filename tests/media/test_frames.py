@@ -9,8 +9,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from ondoki.domain.media import SceneOptions, UnsupportedMedia, extract_steps, probe
-from ondoki_adapters.media.frames import Extraction, SceneDetector
+from ondoki.errors import UnsupportedMedia
+from ondoki.ports.media import Extraction
+from ondoki_adapters.media.frames import SceneDetector, SceneOptions, extract_steps
+from ondoki_adapters.media.probe import probe
 from tests.media.generate import PALETTE, Scene, Truth, damage, draw, remux, write_video
 
 # Steps are found on frames sampled 10 times a second, from a 15 fps video.

@@ -7,7 +7,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ondoki.domain.media import Segment, VideoInfo, Word
 from ondoki.domain.media.guide import (
     assign_narration,
     build_guide,
@@ -19,7 +18,7 @@ from ondoki.domain.media.guide import (
     staging_dir,
     write_guide,
 )
-from ondoki_adapters.media.frames import StepFrame
+from ondoki.ports.media import Segment, StepFrame, VideoInfo, Word
 
 
 def words(*timed: tuple[float, float, str]) -> Segment:

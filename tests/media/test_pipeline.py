@@ -12,13 +12,15 @@ import av
 import msgspec
 import pytest
 
-from ondoki.domain.media import STAGES, MediaImporter, UnsupportedMedia, read_guide, run_import
+from ondoki.domain.media import STAGES, CaptionsFirst, MediaImporter, read_guide
 from ondoki.domain.media import pipeline as pipeline_module
 from ondoki.domain.media.guide import Guide
-from ondoki.errors import InvalidInput, JobCancelled, RetryableJobError
+from ondoki.errors import InvalidInput, JobCancelled, RetryableJobError, UnsupportedMedia
+from ondoki.ports.media import MediaLimits
 from tests.media.conftest import SPOKEN
 from tests.media.fakes import FakeContext
 from tests.media.generate import Truth, truncate, write_srt
+from tests.media.wiring import DECODER, run_import
 
 TOLERANCE = 0.15
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,7 +190,7 @@ def test_a_worker_killed_mid_job_leaves_no_guide_and_the_rerun_works(
     out = tmp_path / "out"
     code = (
         "import sys; from tests.media.fakes import FakeContext; "
-        "from ondoki.domain.media import run_import; "
+        "from tests.media.wiring import run_import; "
         "run_import(FakeContext(), {'video_path': sys.argv[1], 'output_dir': sys.argv[2]})"
     )
     worker = subprocess.Popen(
@@ -223,8 +225,10 @@ def test_a_bad_payload_is_invalid_input(tmp_path: Path) -> None:
 
 
 def test_limits_apply(tmp_path: Path, silent_video: Truth) -> None:
-    from ondoki.domain.media import MediaLimits
-
-    importer = MediaImporter(limits=MediaLimits(max_duration=5.0))
+    importer = MediaImporter(
+        decoder=DECODER,
+        transcriber=CaptionsFirst(subtitles=DECODER),
+        limits=MediaLimits(max_duration=5.0),
+    )
     with pytest.raises(UnsupportedMedia, match="over the limit"):
         importer(FakeContext(), payload(silent_video.path, tmp_path / "out"))

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ondoki.domain.media import MediaLimits, UnsupportedMedia, probe
-from ondoki.errors import InvalidInput
+from ondoki.errors import InvalidInput, UnsupportedMedia
+from ondoki.ports.media import MediaLimits
+from ondoki_adapters.media.probe import probe
 from tests.media.generate import (
     Scene,
     Truth,

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ondoki.domain.media import PocketsphinxTranscriber, Segment
 from ondoki.errors import ConfigError, JobCancelled
+from ondoki.ports.media import Segment
+from ondoki_adapters.media import PocketsphinxTranscriber
 from tests.media.conftest import SPOKEN
 from tests.media.fakes import nothing
 from tests.media.generate import Truth

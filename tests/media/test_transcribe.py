@@ -7,14 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ondoki.domain.media import CaptionsFirst, PocketsphinxTranscriber
+from ondoki.domain.media import CaptionsFirst
+from ondoki_adapters.media import PocketsphinxTranscriber
 from ondoki_adapters.media.audio import SAMPLE_RATE, pcm_chunks
 from tests.media.fakes import nothing
 from tests.media.generate import Scene, Truth, write_video
+from tests.media.wiring import DECODER
 
 
 def test_no_audio_is_an_empty_transcript(silent_video: Truth) -> None:
-    for transcriber in (PocketsphinxTranscriber(), CaptionsFirst(PocketsphinxTranscriber())):
+    for transcriber in (
+        PocketsphinxTranscriber(),
+        CaptionsFirst(PocketsphinxTranscriber(), subtitles=DECODER),
+    ):
         progress: list[float] = []
         assert (
             transcriber.transcribe(

@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from ondoki.domain.media import WhisperTranscriber
 from ondoki.errors import ConfigError
+from ondoki_adapters.media import WhisperTranscriber
 from ondoki_adapters.media.audio import SAMPLE_RATE
 from tests.media.fakes import nothing
 from tests.media.generate import Truth

@@ -1,70 +1,23 @@
-"""Transcription: the `Transcriber` port, what it returns, and the audio it listens to.
-
-Adapters: `ondoki.domain.media.captions.CaptionsFirst` (captions beside or inside the video win,
-else a speech recogniser; the default), `ondoki_adapters.media.sphinx.PocketsphinxTranscriber`
-(offline, works out of the box) and `ondoki_adapters.media.whisper.WhisperTranscriber` (better text
-from a faster-whisper model the operator provides; optional).
+"""The audio speech recognisers listen to: the first audio track of a file, decoded with
+PyAV as 16 kHz mono PCM.
 
 Every time is in seconds from the start of the video's timeline (`VideoInfo.start_time`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import av
 import av.container
-import msgspec
 
 from ondoki.errors import UnsupportedMedia
+from ondoki.ports.media import Checkpoint, Progress
 from ondoki_adapters.media.probe import PacketDecoder, audio_stream, describe, open_video
-
-Progress = Callable[[float], None]
-Checkpoint = Callable[[], None]
 
 #: What speech recognisers are fed: 16 kHz mono signed 16-bit PCM.
 SAMPLE_RATE = 16_000
-
-
-class Word(msgspec.Struct, frozen=True):
-    """One recognised word and when it was spoken."""
-
-    start: float
-    end: float
-    text: str
-
-
-class Segment(msgspec.Struct, frozen=True, kw_only=True):
-    """A stretch of narration: an utterance or a caption cue.
-
-    `words` carries word timings when the source has them (speech recognisers do, captions
-    do not); `source` is "speech" or "captions".
-    """
-
-    start: float
-    end: float
-    text: str
-    words: tuple[Word, ...] = ()
-    source: str = "speech"
-
-
-class Transcriber(Protocol):
-    """Turns the narration of a video (or audio) file into timed segments.
-
-    Contract: `transcribe` returns segments in time order, times in seconds from the start
-    of the file's timeline; a file without an audio track gives `[]`, not an error. It calls
-    `on_progress(0..1)` as it goes and `checkpoint()` between chunks of work (which may
-    raise, e.g. `JobCancelled`, to stop it). A damaged audio track raises `UnsupportedMedia`;
-    a recogniser that is not set up properly raises `ConfigError`.
-    """
-
-    name: str
-
-    def transcribe(
-        self, path: Path, *, on_progress: Progress, checkpoint: Checkpoint
-    ) -> list[Segment]: ...
 
 
 def pcm_chunks(

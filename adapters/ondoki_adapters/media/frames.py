@@ -18,7 +18,6 @@ that follows it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -28,11 +27,16 @@ import numpy as np
 import numpy.typing as npt
 
 from ondoki.errors import RetryableJobError, UnsupportedMedia
-from ondoki_adapters.media.probe import (
+from ondoki.ports.media import (
+    Checkpoint,
+    Extraction,
     MediaLimits,
-    PacketDecoder,
+    Progress,
+    StepFrame,
     VideoInfo,
-    check_complete,
+)
+from ondoki_adapters.media.probe import (
+    PacketDecoder,
     describe,
     open_video,
     packet_end,
@@ -40,8 +44,6 @@ from ondoki_adapters.media.probe import (
 )
 
 Thumb = npt.NDArray[np.int16]
-Progress = Callable[[float], None]
-Checkpoint = Callable[[], None]
 
 
 class SceneOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,23 +60,6 @@ class SceneOptions(msgspec.Struct, frozen=True, kw_only=True):
     min_step_seconds: float = 1.0
     #: JPEG quantiser, 2 (best) to 31; 3 keeps UI text crisp at a fraction of PNG's size.
     jpeg_quality: int = 3
-
-
-class StepFrame(msgspec.Struct, frozen=True, kw_only=True):
-    """One step found in the video: its span, and its picture (taken at `frame_time`)."""
-
-    index: int
-    start: float
-    end: float
-    frame: str
-    frame_time: float
-
-
-class Extraction(msgspec.Struct, frozen=True, kw_only=True):
-    """The steps of a video, in time order, and where its pictures end."""
-
-    steps: list[StepFrame]
-    duration: float
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -208,8 +193,7 @@ def extract_steps(
             ) from None
         if kept is None:
             raise UnsupportedMedia("the video stream has no decodable picture")
-        if info.duration is not None:
-            check_complete(max(end, data_end), info.duration)
+        info.check_complete(max(end, data_end))
         close(detector.step_start, max(end, kept[1]))
     on_progress(1.0)
     return Extraction(steps=steps, duration=end)

@@ -1,4 +1,6 @@
-"""Opening uploads safely and telling, cheaply, whether they are videos ondoki can import."""
+"""Opening uploads safely with PyAV (FFmpeg) and telling, cheaply, whether they are videos
+ondoki can import: the `VideoProbe` port, and the stream helpers the other PyAV adapters
+share."""
 
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ import av.codec.context
 import av.container
 import av.stream
 import av.subtitles.stream
-import msgspec
 
 from ondoki.errors import InvalidInput, UnsupportedMedia
+from ondoki.ports.media import MediaLimits, VideoInfo
 
 #: Demuxers an upload may be read with. Anything else (HLS and other playlists, image
 #: sequences, concat lists, raw devices) is refused before FFmpeg opens it: a playlist
@@ -64,51 +66,6 @@ class PacketDecoder:
                     "packets cannot be decoded"
                 ) from None
             return []
-
-
-class MediaLimits(msgspec.Struct, frozen=True, kw_only=True):
-    """What a video may be at most. Beyond these, decoding costs more memory or time than
-    one import should take, so the file is refused with `UnsupportedMedia`."""
-
-    max_width: int = 7680
-    max_height: int = 4320
-    max_pixels: int = 40_000_000
-    max_duration: float = 4 * 3600.0
-
-    def check_picture(self, width: int, height: int) -> None:
-        """Raise `UnsupportedMedia` for a picture size that is absurd or over the limits."""
-        if width <= 0 or height <= 0:
-            raise UnsupportedMedia(f"the video has no picture size ({width}x{height})")
-        if width > self.max_width or height > self.max_height or width * height > self.max_pixels:
-            raise UnsupportedMedia(
-                f"the resolution {width}x{height} is over the limit of "
-                f"{self.max_width}x{self.max_height} ({self.max_pixels:,} pixels)"
-            )
-
-    def check_duration(self, seconds: float) -> None:
-        """Raise `UnsupportedMedia` for a video longer than `max_duration`."""
-        if seconds > self.max_duration:
-            raise UnsupportedMedia(
-                f"the video lasts {_clock(seconds)}, over the limit of {_clock(self.max_duration)}"
-            )
-
-
-class VideoInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """What `probe` found. Times are in seconds; `duration` is None when the container
-    does not say (common for WebM from browser screen recorders)."""
-
-    container: str
-    duration: float | None
-    #: When the container's timeline starts; every time ondoki reports is relative to it.
-    start_time: float
-    width: int
-    height: int
-    fps: float | None
-    video_codec: str
-    has_audio: bool
-    audio_codec: str | None = None
-    subtitle_codecs: tuple[str, ...] = ()
-    size_bytes: int = 0
 
 
 @contextmanager
@@ -271,7 +228,7 @@ def _check_tail(container: av.container.InputContainer, info: VideoInfo) -> None
         if count >= _TAIL_PACKETS:
             return  # plenty of data near the end
         end = max(end, packet_end(packet, info.start_time))
-    check_complete(end, info.duration)
+    info.check_complete(end)
 
 
 def packet_end(packet: av.Packet[Any], origin: float) -> float:
@@ -279,18 +236,3 @@ def packet_end(packet: av.Packet[Any], origin: float) -> float:
     if packet.pts is None or packet.time_base is None:
         return 0.0
     return float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin
-
-
-def check_complete(end: float, declared: float) -> None:
-    """Raise `UnsupportedMedia` when data that ends at `end` falls well short of `declared`."""
-    if end < declared - max(1.0, 0.02 * declared):
-        raise UnsupportedMedia(
-            f"the file is truncated: its data stops at {_clock(end)} of the "
-            f"{_clock(declared)} it declares"
-        )
-
-
-def _clock(seconds: float) -> str:
-    whole = int(seconds)
-    h, m, s = whole // 3600, whole // 60 % 60, whole % 60
-    return f"{h}:{m:02}:{s:02}" if h else f"{m}:{s:02}"

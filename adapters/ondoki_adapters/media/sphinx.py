@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 from pathlib import Path
 from typing import Any
 
+# pocketsphinx has no type information: its objects are Any, kept inside this module.
+import pocketsphinx
+
 from ondoki.errors import ConfigError
-from ondoki_adapters.media.audio import (
-    SAMPLE_RATE,
-    Checkpoint,
-    Progress,
-    Segment,
-    Word,
-    has_audio,
-    pcm_chunks,
-)
+from ondoki.ports.media import Checkpoint, Progress, Segment, Word
+from ondoki_adapters.media.audio import SAMPLE_RATE, has_audio, pcm_chunks
 
 
 class PocketsphinxTranscriber:
@@ -52,8 +47,6 @@ class PocketsphinxTranscriber:
         if not has_audio(path):
             on_progress(1.0)
             return []
-        # pocketsphinx has no type information: its objects are Any, kept inside this class.
-        pocketsphinx: Any = importlib.import_module("pocketsphinx")
         endpointer = pocketsphinx.Endpointer(sample_rate=SAMPLE_RATE)
         utterances = _Utterances(pocketsphinx.Decoder(**self.config), self.max_utterance)
         size: int = endpointer.frame_bytes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -10,15 +9,8 @@ from typing import Any
 import numpy as np
 
 from ondoki.errors import ConfigError
-from ondoki_adapters.media.audio import (
-    SAMPLE_RATE,
-    Checkpoint,
-    Progress,
-    Segment,
-    Word,
-    has_audio,
-    pcm_chunks,
-)
+from ondoki.ports.media import Checkpoint, Progress, Segment, Word
+from ondoki_adapters.media.audio import SAMPLE_RATE, has_audio, pcm_chunks
 
 
 class WhisperTranscriber:
@@ -64,7 +56,7 @@ class WhisperTranscriber:
             if self._model is None:
                 try:
                     # Imported here: faster-whisper is optional and heavy (CTranslate2, ONNX).
-                    faster_whisper: Any = importlib.import_module("faster_whisper")
+                    import faster_whisper
                 except ImportError:
                     raise ConfigError(
                         "whisper model",

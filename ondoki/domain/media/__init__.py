@@ -1,27 +1,15 @@
 """Media import: from a screen recording to a step-by-step guide.
 
-`probe` checks an upload (cheap: headers, first picture, the last seconds); `run_import` /
-`MediaImporter` is the `media.import` job. The parts: `frames` (decoding and scene
-detection), `transcribe` (the `Transcriber` port and the audio it hears) with its adapters
-`captions`, `sphinx` and `whisper`, and `guide` (the model, its files, atomic publishing).
+`MediaImporter` is the `media.import` job (`pipeline`): it reads the video through the
+`MediaDecoder` port and its narration through the `Transcriber` port (both in
+`ondoki.ports.media`; the adapters are in `ondoki_adapters.media`), and writes the guide
+(`guide`: the model, its files, atomic publishing). `captions` parses caption files and
+holds `CaptionsFirst`, the transcriber that prefers captions to speech recognition.
 """
 
-from ondoki.domain.media.captions import CaptionsFirst
+from ondoki.domain.media.captions import CaptionsFirst, parse_captions
 from ondoki.domain.media.guide import Guide, GuideStep, read_guide
-from ondoki.domain.media.pipeline import (
-    KIND,
-    QUEUE,
-    STAGES,
-    ImportPayload,
-    MediaImporter,
-    run_import,
-)
-from ondoki.errors import UnsupportedMedia
-from ondoki_adapters.media.audio import Segment, Transcriber, Word
-from ondoki_adapters.media.frames import SceneOptions, StepFrame, extract_steps
-from ondoki_adapters.media.probe import MediaLimits, VideoInfo, probe
-from ondoki_adapters.media.sphinx import PocketsphinxTranscriber
-from ondoki_adapters.media.whisper import WhisperTranscriber
+from ondoki.domain.media.pipeline import KIND, QUEUE, STAGES, ImportPayload, MediaImporter
 
 __all__ = [
     "KIND",
@@ -32,18 +20,6 @@ __all__ = [
     "GuideStep",
     "ImportPayload",
     "MediaImporter",
-    "MediaLimits",
-    "PocketsphinxTranscriber",
-    "SceneOptions",
-    "Segment",
-    "StepFrame",
-    "Transcriber",
-    "UnsupportedMedia",
-    "VideoInfo",
-    "WhisperTranscriber",
-    "Word",
-    "extract_steps",
-    "probe",
+    "parse_captions",
     "read_guide",
-    "run_import",
 ]

@@ -1,35 +1,34 @@
-"""Captions: a caption file uploaded beside the video, or a text subtitle stream inside it,
-and `CaptionsFirst`, the transcriber that prefers them to speech recognition."""
+"""Captions: a caption file uploaded beside the video (parsed here), or a text subtitle
+stream inside it (read by a `SubtitleReader`), and `CaptionsFirst`, the transcriber that
+prefers them to speech recognition."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import av
-import av.container
-
 from ondoki.errors import UnsupportedMedia
-from ondoki_adapters.media.audio import Checkpoint, Progress, Segment, Transcriber
-from ondoki_adapters.media.probe import describe, open_video, text_subtitle_streams
+from ondoki.ports.media import Checkpoint, Progress, Segment, SubtitleReader, Transcriber
 
 # Sidecar captions larger than this are not captions.
 _MAX_CAPTION_BYTES = 8 * 1024 * 1024
 
 
 class CaptionsFirst:
-    """Captions beside the video or inside it when there are any (with at least one cue);
-    else `speech` (when given) on the audio track; else nothing."""
+    """A `Transcriber`: captions beside the video or inside it (read by `subtitles`) when
+    there are any (with at least one cue); else `speech` (when given) on the audio track;
+    else nothing."""
 
     name = "captions-first"
 
-    def __init__(self, speech: Transcriber | None = None) -> None:
+    def __init__(self, speech: Transcriber | None = None, *, subtitles: SubtitleReader) -> None:
         self.speech = speech
+        self.subtitles = subtitles
 
     def transcribe(
         self, path: Path, *, on_progress: Progress, checkpoint: Checkpoint
     ) -> list[Segment]:
-        captions = read_captions(path, checkpoint=checkpoint)
+        captions = read_captions(path, self.subtitles, checkpoint=checkpoint)
         if captions:  # an empty or unreadable caption file does not silence the speech
             on_progress(1.0)
             return captions
@@ -49,13 +48,16 @@ def sidecar_captions(video: Path) -> Path | None:
     return None
 
 
-def read_captions(video: Path, *, checkpoint: Checkpoint = lambda: None) -> list[Segment] | None:
-    """Captions for `video`: a sidecar file, else its first text subtitle stream; None
-    when it has neither (an empty list when it has captions without text)."""
+def read_captions(
+    video: Path, subtitles: SubtitleReader, *, checkpoint: Checkpoint = lambda: None
+) -> list[Segment] | None:
+    """Captions for `video`: a sidecar file, else its first text subtitle stream (read by
+    `subtitles`); None when it has neither (an empty list when it has captions without
+    text)."""
     sidecar = sidecar_captions(video)
     if sidecar is not None:
         return parse_captions(_read_text(sidecar))
-    return container_captions(video, checkpoint=checkpoint)
+    return subtitles.subtitles(video, checkpoint=checkpoint)
 
 
 def _read_text(path: Path) -> str:
@@ -104,43 +106,3 @@ def clean_caption(text: str) -> str:
     for entity, char in (("&lt;", "<"), ("&gt;", ">"), ("&nbsp;", " "), ("&amp;", "&")):
         text = text.replace(entity, char)
     return " ".join(text.split())
-
-
-def container_captions(
-    video: Path, *, checkpoint: Checkpoint = lambda: None
-) -> list[Segment] | None:
-    """The cues of the first text subtitle stream in `video`, or None when it has none."""
-    with open_video(video) as container:
-        streams = text_subtitle_streams(container)
-        if not streams:
-            return None
-        stream = streams[0]
-        origin = (container.start_time or 0) / av.time_base
-        cues: list[Segment] = []
-        try:
-            for packet in container.demux(stream):
-                checkpoint()
-                if packet.size == 0 or packet.pts is None or packet.time_base is None:
-                    continue
-                subtitle = stream.decode2(packet)
-                if subtitle is None:
-                    continue  # mov_text writes empty samples between cues
-                at = float(packet.pts * packet.time_base) - origin
-                start = at + subtitle.start_display_time / 1000
-                if subtitle.end_display_time > subtitle.start_display_time:
-                    end = at + subtitle.end_display_time / 1000
-                else:
-                    end = at + float((packet.duration or 0) * packet.time_base)
-                text = clean_caption(" ".join(_subtitle_text(rect) for rect in subtitle))
-                if text:
-                    cues.append(Segment(start=start, end=end, text=text, source="captions"))
-        except av.FFmpegError as exc:
-            raise UnsupportedMedia(f"the subtitle stream is damaged ({describe(exc)})") from None
-    return sorted(cues, key=lambda cue: cue.start)
-
-
-def _subtitle_text(rect: object) -> str:
-    if isinstance(rect, av.subtitles.subtitle.AssSubtitle):
-        raw = rect.dialogue if rect.type == b"ass" else rect.text
-        return raw.decode("utf-8", errors="replace")
-    return ""  # bitmap subtitles carry no text

@@ -22,9 +22,7 @@ from typing import Literal
 
 import msgspec
 
-from ondoki_adapters.media.audio import Segment
-from ondoki_adapters.media.frames import StepFrame
-from ondoki_adapters.media.probe import VideoInfo
+from ondoki.ports.media import Segment, StepFrame, VideoInfo
 
 GUIDE_JSON = "guide.json"
 GUIDE_MD = "guide.md"

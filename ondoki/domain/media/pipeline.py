@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from ondoki.domain.media.captions import CaptionsFirst, parse_captions, sidecar_captions
+from ondoki.domain.media.captions import parse_captions, sidecar_captions
 from ondoki.domain.media.guide import (
     FRAMES,
     GUIDE_JSON,
@@ -35,12 +35,10 @@ from ondoki.domain.media.guide import (
 )
 from ondoki.errors import InvalidInput, RetryableJobError
 from ondoki.ports.jobs import JobContext
-from ondoki_adapters.media.audio import Segment, Transcriber
-from ondoki_adapters.media.frames import SceneOptions, extract_steps
-from ondoki_adapters.media.probe import MediaLimits, probe
-from ondoki_adapters.media.sphinx import PocketsphinxTranscriber
+from ondoki.ports.media import MediaDecoder, MediaLimits, Segment, Transcriber
 
-#: The job kind this module implements, and the queue it belongs on (DESIGN section 1).
+#: The job kind this module implements, and the queue it goes on (workers consume `celery`
+#: and `media` unless `ondoki worker --queues` says otherwise).
 KIND = "media.import"
 QUEUE = "media"
 STAGES = ("extracting_frames", "transcribing", "generating_guide")
@@ -65,19 +63,21 @@ class MediaImporter:
     """The `media.import` job handler, configured once (in the composition root) and
     called by the worker for each job: `importer(ctx, payload) -> result`.
 
-    `transcriber` defaults to captions, else offline pocketsphinx speech recognition.
+    `decoder` reads the video (probe, steps and their pictures, embedded subtitles);
+    `transcriber` gives the narration when no caption file came with the upload (the
+    composition root gives `CaptionsFirst` over a speech recogniser).
     """
 
     def __init__(
         self,
         *,
-        transcriber: Transcriber | None = None,
+        decoder: MediaDecoder,
+        transcriber: Transcriber,
         limits: MediaLimits | None = None,
-        scenes: SceneOptions | None = None,
     ) -> None:
-        self.transcriber = transcriber or CaptionsFirst(PocketsphinxTranscriber())
+        self.decoder = decoder
+        self.transcriber = transcriber
         self.limits = limits or MediaLimits()
-        self.scenes = scenes or SceneOptions()
 
     def __call__(self, ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
         """Run one import. Returns `{"steps", "duration", "narration", "guide"}` (the path
@@ -92,7 +92,7 @@ class MediaImporter:
         video, destination = Path(job.video_path), Path(job.output_dir)
         ctx.report(STAGES[0], 0.0)
         ctx.checkpoint()
-        info = probe(video, limits=self.limits)
+        info = self.decoder.probe(video, limits=self.limits)
         # Captions take no time to read; speech recognition takes most of the job.
         recognise = (
             info.has_audio
@@ -106,11 +106,10 @@ class MediaImporter:
             clean_leftovers(destination)
             staging = staging_dir(destination)
         try:
-            extraction = extract_steps(
+            extraction = self.decoder.extract_steps(
                 video,
                 staging / FRAMES,
                 info=info,
-                options=self.scenes,
                 limits=self.limits,
                 on_progress=_Reporter(ctx, STAGES[0], 0.0, frames_end),
                 checkpoint=ctx.checkpoint,
@@ -157,11 +156,6 @@ class MediaImporter:
             report(1.0)
             return parse_captions(text)
         return self.transcriber.transcribe(video, on_progress=report, checkpoint=ctx.checkpoint)
-
-
-def run_import(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """The `media.import` job with default settings; see `MediaImporter`."""
-    return MediaImporter()(ctx, payload)
 
 
 @contextmanager
