@@ -1,8 +1,17 @@
-"""An in-process `JobContext` for driving the import job without a queue."""
+"""An in-process `JobContext` for driving the import job without a queue, and a stand-in
+for the `faster_whisper` package (not installed here, and its models cannot be
+downloaded)."""
 
 from __future__ import annotations
 
+import types
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
 from ondoki.errors import JobCancelled
+from ondoki_adapters.media.audio import SAMPLE_RATE
 
 
 class FakeContext:
@@ -44,3 +53,31 @@ class FakeContext:
 def nothing(_: float = 0.0) -> None:
     """A progress callback or checkpoint that does nothing."""
     return None
+
+
+class FakeWhisperModel:
+    """`faster_whisper.WhisperModel` as the adapter uses it: hears "hi there" at 0.2-0.6 s
+    of every window it is given, and records each call (window length, options)."""
+
+    calls: ClassVar[list[tuple[float, dict[str, Any]]]] = []
+
+    def __init__(self, path: str, **options: Any) -> None:
+        self.path, self.options = path, options
+
+    def transcribe(
+        self, audio: npt.NDArray[np.float32], **options: Any
+    ) -> tuple[list[Any], object]:
+        assert audio.dtype == np.float32 and np.abs(audio).max() <= 1.0
+        seconds = len(audio) / SAMPLE_RATE
+        self.calls.append((seconds, options))
+        word = types.SimpleNamespace(start=0.25, end=0.5, word=" hi")
+        piece = types.SimpleNamespace(start=0.2, end=0.6, text=" hi there ", words=[word])
+        return [piece], object()
+
+
+def fake_faster_whisper() -> types.ModuleType:
+    """A `faster_whisper` module whose `WhisperModel` is `FakeWhisperModel`; put it in
+    `sys.modules` (with monkeypatch) before the adapter loads its model."""
+    module = types.ModuleType("faster_whisper")
+    module.__dict__["WhisperModel"] = FakeWhisperModel
+    return module

@@ -5,44 +5,20 @@ plumbing (windows, time offsets, options, errors), not recognition."""
 from __future__ import annotations
 
 import sys
-import types
 from pathlib import Path
-from typing import Any, ClassVar
 
-import numpy as np
-import numpy.typing as npt
 import pytest
 
 from ondoki.errors import ConfigError
 from ondoki_adapters.media import WhisperTranscriber
-from ondoki_adapters.media.audio import SAMPLE_RATE
-from tests.media.fakes import nothing
+from tests.media.fakes import FakeWhisperModel, fake_faster_whisper, nothing
 from tests.media.generate import Truth
-
-
-class FakeWhisperModel:
-    calls: ClassVar[list[tuple[float, dict[str, Any]]]] = []
-
-    def __init__(self, path: str, **options: Any) -> None:
-        self.path, self.options = path, options
-
-    def transcribe(
-        self, audio: npt.NDArray[np.float32], **options: Any
-    ) -> tuple[list[Any], object]:
-        assert audio.dtype == np.float32 and np.abs(audio).max() <= 1.0
-        seconds = len(audio) / SAMPLE_RATE
-        self.calls.append((seconds, options))
-        word = types.SimpleNamespace(start=0.25, end=0.5, word=" hi")
-        piece = types.SimpleNamespace(start=0.2, end=0.6, text=" hi there ", words=[word])
-        return [piece], object()
 
 
 def test_whisper_adapter_feeds_windows_and_offsets_times(
     tmp_path: Path, narrated_or_tones: Truth, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module = types.ModuleType("faster_whisper")
-    module.__dict__["WhisperModel"] = FakeWhisperModel
-    monkeypatch.setitem(sys.modules, "faster_whisper", module)
+    monkeypatch.setitem(sys.modules, "faster_whisper", fake_faster_whisper())
     FakeWhisperModel.calls = []
     (tmp_path / "model.bin").write_bytes(b"")
     transcriber = WhisperTranscriber(tmp_path, chunk_seconds=2.5, language="en")
