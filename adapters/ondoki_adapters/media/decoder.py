@@ -26,6 +26,7 @@ class PyAVDecoder:
         self.scenes = scenes or SceneOptions()
 
     def probe(self, path: Path, *, limits: MediaLimits) -> VideoInfo:
+        """See `VideoProbe.probe`."""
         return probe(path, limits=limits)
 
     def extract_steps(
@@ -38,6 +39,7 @@ class PyAVDecoder:
         on_progress: Progress,
         checkpoint: Checkpoint,
     ) -> Extraction:
+        """See `StepExtractor.extract_steps`."""
         return extract_steps(
             path,
             frames_dir,
@@ -49,4 +51,5 @@ class PyAVDecoder:
         )
 
     def subtitles(self, path: Path, *, checkpoint: Checkpoint) -> list[Segment] | None:
+        """See `SubtitleReader.subtitles`."""
         return container_captions(path, checkpoint=checkpoint)
