@@ -1,1 +1,1 @@
-"""Adapters: the ports' implementations (memory, Redis) and the web entry point."""
+"""Adapters: the ports' implementations (memory, Redis, media) and the web entry point."""
