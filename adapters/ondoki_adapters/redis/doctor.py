@@ -259,7 +259,8 @@ def _persistence(target: Target, config: dict[str, str], info: Any, add: Add) ->
             "warning" if not rdb else "info",
             f"{what}; queued jobs {'are lost' if not rdb else 'since the last snapshot are lost'} "
             "if Redis restarts",
-            "opt in to AOF on the broker (appendonly yes, appendfsync everysec; README)",
+            "opt in to AOF on the broker (appendonly yes, appendfsync everysec; "
+            "docs/operations.md)",
         )
     else:
         add("persistence", "ok", what, None)
