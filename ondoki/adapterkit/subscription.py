@@ -20,7 +20,8 @@ class BufferedSubscription(ABC):
     the subscription drives it through the adapter-facing methods below: `push` each live
     message, `lose_buffer` when live delivery broke (a lost connection), `wake` when
     something the adapter's subclass waits on changed, `close` when the subscription ends.
-    A subclass says how to refill from history by implementing `_repair`.
+    A subclass says how to refill from history by implementing `_repair`; it may use the
+    protected state for that (`_cursor`, `_ready`, `_stale`, `_drops`, `_closed`, `_sleep`).
 
     A full buffer is dropped rather than blocking whoever pushes (the publisher, or the
     one reader all subscriptions share): the dropped messages are in history, and the next
@@ -92,7 +93,8 @@ class BufferedSubscription(ABC):
             self._wake.set()
 
     def close(self) -> None:
-        """End the subscription: iteration stops once the replay queue is drained."""
+        """End the subscription: iteration stops once the replay queue is drained (live
+        messages still buffered are dropped)."""
         self._closed = True
         self.wake()
 
