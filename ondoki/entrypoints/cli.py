@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 import anyio
 
@@ -18,8 +19,15 @@ from ondoki.support.settings import Settings, load_settings
 WORKER_CLASSES = ("asyncio", "uvloop", "trio")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Refuses a bad command line the way a bad setting is refused: one line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ondoki", description=__doc__)
+    parser = _Parser(prog="ondoki", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the HTTP and WebSocket API with hypercorn")
     serve.add_argument("--host", help="address to bind (default: ONDOKI_HOST or 127.0.0.1)")

@@ -293,3 +293,21 @@ def test_cli_refuses_a_bad_flag_with_one_line_and_exit_2(
     [line] = captured.err.strip().splitlines()
     assert line.startswith(f"ondoki: configuration error: {flag}: ")
     assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["serve", "--worker-class", "gevent"], "--worker-class"),
+        (["serve", "--prot", "8000"], "--prot"),
+        (["launch"], "launch"),
+    ],
+)
+def test_cli_refuses_a_bad_command_line_with_one_line_and_exit_2(
+    argv: list[str], names: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("ondoki") and names in line
