@@ -229,11 +229,16 @@ def _check(settings: Settings) -> None:
             )
         if url is not None:
             _check_url(env_name(field), url)
-    if (settings.broker_url or settings.result_backend) and settings.redis_url is None:
-        raise ConfigError(
-            "CELERY_BROKER_URL",
-            "a Redis job broker needs REDIS_URL set as well (set both or neither)",
-        )
+    if settings.redis_url is None:
+        for field, url in (
+            ("broker_url", settings.broker_url),
+            ("result_backend", settings.result_backend),
+        ):
+            if url:
+                raise ConfigError(
+                    env_name(field),
+                    "the Redis job settings need REDIS_URL set as well (set both or neither)",
+                )
     if settings.api_key is not None and len(settings.api_key) < 16:
         raise ConfigError("ONDOKI_API_KEY", "must be at least 16 characters")
     if settings.env == "production":

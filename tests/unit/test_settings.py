@@ -58,6 +58,7 @@ def test_ondoki_variables_are_typed() -> None:
         ({"REDIS_URL": "http://cache"}, "REDIS_URL"),
         ({"REDIS_URL": "redis://c", "CELERY_BROKER_URL": "amqp://x"}, "CELERY_BROKER_URL"),
         ({"CELERY_BROKER_URL": "redis://broker/1"}, "CELERY_BROKER_URL"),
+        ({"CELERY_RESULT_BACKEND": "redis://broker/1"}, "CELERY_RESULT_BACKEND"),
         ({"ONDOKI_API_KEY": "short"}, "ONDOKI_API_KEY"),
         ({"ONDOKI_STATE_TTL_SECONDS": "1e9"}, "ONDOKI_STATE_TTL_SECONDS"),
         # Smaller than the largest event (64 KiB): that event would close every client.
