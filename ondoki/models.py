@@ -39,6 +39,22 @@ class Gap(msgspec.Struct, frozen=True, tag="gap"):
 
 Delivery = Message | Gap
 
+
+class PubSubStats(msgspec.Struct, frozen=True):
+    """What a PubSub adapter counts about its own delivery since it was made (per process).
+
+    `reconnects`: times the backend connection was lost (or failed a health check) and is
+    made again (always 0 for an adapter without a connection); `repaired`: messages a
+    subscription missed live (a lost connection, or its buffer overflowed) and got from
+    history instead; `unrepaired_gaps`: gaps history could not cover in such a repair
+    (subscribers told to resync).
+    """
+
+    reconnects: int = 0
+    repaired: int = 0
+    unrepaired_gaps: int = 0
+
+
 JobState = Literal["queued", "running", "succeeded", "failed", "dead", "cancelled"]
 
 #: States a job never leaves (but `dead` may be replayed by an operator, making a new attempt).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 
@@ -12,9 +13,15 @@ from ondoki.adapterkit.cursor import Cursor
 from ondoki.models import Delivery, Message
 
 
-class BufferedSubscription:
-    """A replay queue, a bounded live buffer and a cursor; adapters push live messages in
-    (`_push`) and say how to refill from history (`_repair`).
+class BufferedSubscription(ABC):
+    """A replay queue, a bounded live buffer and a cursor, shared by every PubSub adapter.
+
+    Consumers see the `Subscription` port: iteration and `hand_over`. The adapter that owns
+    the subscription drives it through the adapter-facing methods below: `push` each live
+    message, `lose_buffer` when live delivery broke (a lost connection), `wake` when
+    something the adapter's subclass waits on changed, `close` when the subscription ends.
+    A subclass says how to refill from history by implementing `_repair`; it may use the
+    protected state for that (`_cursor`, `_ready`, `_stale`, `_drops`, `_closed`, `_sleep`).
 
     A full buffer is dropped rather than blocking whoever pushes (the publisher, or the
     one reader all subscriptions share): the dropped messages are in history, and the next
@@ -37,12 +44,21 @@ class BufferedSubscription:
         self._closed = False
         self._wake: anyio.Event | None = None
 
-    # -- the producer's side ---------------------------------------------------------------
+    # -- the consumer's side of the port --------------------------------------------------
 
     def hand_over(self, receiver: Callable[[Message], None] | None) -> None:
+        """See `ondoki.ports.pubsub.Subscription.hand_over`."""
         self._receiver = receiver
 
-    def _push(self, message: Message) -> None:
+    # -- the adapter-facing side: called by the adapter that owns the subscription ---------
+
+    def push(self, message: Message) -> None:
+        """Deliver a live message, in publish order; never blocks and never raises.
+
+        It goes straight to the `hand_over` receiver when nothing is queued ahead of it,
+        else into the bounded buffer (a full buffer is dropped and later refilled from
+        history).
+        """
         receiver = self._receiver
         if receiver is not None and not (
             self._ready or self._inbox or self._stale or self._closed or self._failure
@@ -54,27 +70,33 @@ class BufferedSubscription:
                     receiver(message)
                 except Exception as exc:  # a bug in the receiver: the consumer raises it
                     self._failure = exc
-                    self._notify()
+                    self.wake()
             return
         if len(self._inbox) >= self._buffer:
-            self._lose_buffer()
+            self.lose_buffer()
         else:
             self._inbox.append(message)
-            self._notify()
+            self.wake()
 
-    def _lose_buffer(self) -> None:
+    def lose_buffer(self) -> None:
+        """Live delivery broke (overflow, a lost connection): drop what is buffered and
+        refill from history (`_repair`) before anything live is delivered again."""
         self._inbox.clear()
         self._stale = True
         self._drops += 1
-        self._notify()
+        self.wake()
 
-    def _notify(self) -> None:
+    def wake(self) -> None:
+        """Wake the consumer if it is waiting, so it looks at the subscription's state
+        again (the adapter changed something its `_repair` or open waits on)."""
         if self._wake is not None:
             self._wake.set()
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """End the subscription: iteration stops once the replay queue is drained (live
+        messages still buffered are dropped)."""
         self._closed = True
-        self._notify()
+        self.wake()
 
     # -- the consumer's side ---------------------------------------------------------------
 
@@ -82,9 +104,12 @@ class BufferedSubscription:
         self._wake = anyio.Event()
         await self._wake.wait()
 
+    @abstractmethod
     async def _repair(self) -> None:
-        """Refill `_ready` from history after `_cursor`, and clear `_stale` when done."""
-        raise NotImplementedError
+        """Refill `_ready` from history after `_cursor`, and clear `_stale` when done.
+
+        Called by iteration while the subscription is stale; implemented by each adapter.
+        """
 
     def __aiter__(self) -> BufferedSubscription:
         return self
@@ -114,5 +139,5 @@ class BufferedSubscription:
         verdict = self._cursor.accept(message.position)
         if verdict is None:
             self._stale = True
-            self._notify()
+            self.wake()
         return bool(verdict)

@@ -32,7 +32,7 @@ from ondoki.ports.jobs import JobContext, JobHandler, JobNotify
 
 log = logging.getLogger("ondoki.domain.jobs")
 
-#: The queues ondoki's workers consume (DESIGN section 1).
+#: The queues ondoki's workers consume (docs/operations.md, "Jobs").
 DEFAULT_QUEUES = ("celery", "media")
 #: How long records (and idempotency keys) of jobs are kept after their last change.
 DEFAULT_RECORD_TTL = 7 * 86_400.0

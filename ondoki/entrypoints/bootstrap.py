@@ -239,6 +239,8 @@ async def open_services(
 async def _report_reachability(settings: Settings, cache: Cache) -> None:
     # An unreachable Redis at start-up is not fatal: the service starts, /readyz says 503
     # and requests succeed again as soon as Redis is back (an orchestrator restarts nothing).
+    for note in settings.compatibility_notes:
+        log.info("%s", note)
     if settings.redis_url is None:
         log.info("using in-memory adapters (REDIS_URL is unset)")
         return
@@ -273,6 +275,8 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
         stack.push_async_callback(pubsub.aclose)
         await tasks.start(pubsub.run)
         await warn_if_queue_can_be_evicted(settings)
+        for note in settings.compatibility_notes:
+            log.info("%s", note)
         log.info("worker consuming %s on %s", ",".join(queues), redact_url(settings.broker))
         await run_dramatiq_worker(
             settings.broker,

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 import anyio
 
@@ -18,12 +19,20 @@ from ondoki.support.settings import Settings, load_settings
 WORKER_CLASSES = ("asyncio", "uvloop", "trio")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Refuses a bad command line the way a bad setting is refused: one line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ondoki", description=__doc__)
+    parser = _Parser(prog="ondoki", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the HTTP and WebSocket API with hypercorn")
     serve.add_argument("--host", help="address to bind (default: ONDOKI_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default: ONDOKI_PORT or 8000)")
+    # Parsed as text and validated with the settings (one line naming the flag, exit 2).
+    serve.add_argument("--port", help="port to bind (default: ONDOKI_PORT or 8000)")
     serve.add_argument("--worker-class", choices=WORKER_CLASSES, default="asyncio")
     worker = commands.add_parser("worker", help="run the media worker (concurrency 1)")
     worker.add_argument(
@@ -131,7 +140,8 @@ def _config_error(exc: BaseException | None, depth: int = 0) -> ConfigError | No
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings()
+        flags = {"host": args.host, "port": args.port} if args.command == "serve" else {}
+        settings = load_settings(flags=flags)
         if args.command == "doctor":
             return doctor(settings, args.json)
         if args.command == "worker":
@@ -143,10 +153,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             anyio.run(run_worker, settings, queues)
             return 0
-        if args.host is not None:
-            settings.host = args.host
-        if args.port is not None:
-            settings.port = args.port
         _configure_logging(settings)
         serve(settings, args.worker_class)
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ from typing import Protocol
 import anyio
 from anyio.abc import TaskStatus
 
-from ondoki.models import Delivery, Message, Position
+from ondoki.models import Delivery, Message, Position, PubSubStats
 
 
 class Subscription(Protocol):
@@ -58,7 +58,14 @@ class PubSub(Protocol):
     - Background work (Redis: the one pub/sub connection per instance) runs in `run`, which
       the composition root starts in its task group; `subscribe` needs it running.
     - Backend failures raise `ondoki.errors.PubSubError`.
+    - `stats` counts reconnects and repairs from history (for `/metrics`); reading it never
+      touches the backend.
     """
+
+    @property
+    def stats(self) -> PubSubStats:
+        """This adapter's delivery counters, now (a snapshot)."""
+        ...
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Do the adapter's background work until cancelled or `aclose`d.

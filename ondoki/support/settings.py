@@ -40,7 +40,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     media_dir: str = "media"
     namespace: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "ondoki"
 
-    host: str = "127.0.0.1"
+    # A host name or an IP address (IPv6 may be in brackets): what hypercorn can bind.
+    host: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:\[\]-]{1,255}$")] = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     shutdown_grace_seconds: Seconds = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -87,9 +88,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return None if self.redis_url is None else with_db(self.redis_url, 1)
 
     @property
-    def results(self) -> str | None:
-        """The job results URL: `CELERY_RESULT_BACKEND`, else the broker's."""
-        return self.result_backend if self.result_backend is not None else self.broker
+    def compatibility_notes(self) -> list[str]:
+        """Settings that are accepted but change nothing, each said in one sentence; logged
+        once at start-up and reported by `ondoki doctor`."""
+        notes = []
+        if self.result_backend is not None:
+            notes.append(RESULT_BACKEND_NOTE)
+        return notes
 
     def describe(self) -> dict[str, Any]:
         """The settings with every secret redacted, for logs and `doctor`."""
@@ -101,6 +106,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             shown["api_key"] = "***"
         return shown
 
+
+#: Why `CELERY_RESULT_BACKEND` is read at all (docs/operations.md, "CELERY_RESULT_BACKEND").
+RESULT_BACKEND_NOTE = (
+    "CELERY_RESULT_BACKEND is accepted for compatibility with the seed's deployments and "
+    "nothing is stored there: job results are kept in the job records on the broker "
+    "(CELERY_BROKER_URL)"
+)
 
 # Variables that were read once, and what replaced them: silently ignoring one would leave
 # an operator believing it still applies.
@@ -123,16 +135,37 @@ def with_db(url: str, db: int) -> str:
     return f"{scheme}://{hostpart}/{db}{sep}{query}"
 
 
-def _problem(error: msgspec.ValidationError) -> str:
+# What a value must look like, for the settings checked by a pattern (msgspec would quote
+# the regular expression).
+_SHAPES = {
+    "host": "must be a host name or an IP address",
+    "namespace": "must be 1-32 letters, digits, '_', '.' or '-'",
+}
+
+
+def _problem(error: msgspec.ValidationError, field: str | None = None) -> str:
     # msgspec says "Expected `int`, got `str` - at `$.port`"; the variable is named apart.
-    return str(error).split(" - at `", 1)[0]
+    problem = str(error).split(" - at `", 1)[0]
+    if "matching regex" in problem and field in _SHAPES:
+        return _SHAPES[field]
+    return problem
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag that overrides `field` (`ondoki serve --port`)."""
+    return "--" + field.replace("_", "-")
 
 
 def load_settings(
-    environ: Mapping[str, str] | None = None, *, config_file: str | Path | None = None
+    environ: Mapping[str, str] | None = None,
+    *,
+    config_file: str | Path | None = None,
+    flags: Mapping[str, str | None] | None = None,
 ) -> Settings:
     """Settings from `config_file` (TOML; default `$ONDOKI_CONFIG` or configs/ondoki.toml
-    when it exists), then the environment, which wins. Raises `ConfigError`."""
+    when it exists), then the environment, then command-line `flags` (field name -> the
+    flag's raw text, None when not given), each winning over the one before. Every value
+    is validated the same way; a bad one raises `ConfigError` naming its variable or flag."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
 
@@ -150,15 +183,25 @@ def load_settings(
         raw = environ.get(env_name(field))
         if raw is None or raw == "":
             continue
-        try:
-            msgspec.convert({field: raw}, Settings, strict=False)
-        except msgspec.ValidationError as exc:
-            raise ConfigError(env_name(field), _problem(exc)) from None
-        values[field] = raw
+        values[field] = _validated(env_name(field), field, raw)
+    for field, raw in (flags or {}).items():
+        if field not in fields:
+            raise ValueError(f"no setting named {field!r}")
+        if raw is not None:
+            values[field] = _validated(flag_name(field), field, raw)
 
     settings = msgspec.convert(values, Settings, strict=False)
     _check(settings)
     return settings
+
+
+def _validated(name: str, field: str, raw: str) -> str:
+    """`raw` if it is a valid value of `field`, else a `ConfigError` naming `name`."""
+    try:
+        msgspec.convert({field: raw}, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(name, _problem(exc, field)) from None
+    return raw
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -172,7 +215,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
         where = str(exc).rsplit("`$.", 1)[-1].rstrip("`") if "`$." in str(exc) else "?"
-        raise ConfigError(f"{path} [{where}]", _problem(exc)) from None
+        raise ConfigError(f"{path} [{where}]", _problem(exc, where)) from None
     return data
 
 
@@ -186,11 +229,16 @@ def _check(settings: Settings) -> None:
             )
         if url is not None:
             _check_url(env_name(field), url)
-    if (settings.broker_url or settings.result_backend) and settings.redis_url is None:
-        raise ConfigError(
-            "CELERY_BROKER_URL",
-            "a Redis job broker needs REDIS_URL set as well (set both or neither)",
-        )
+    if settings.redis_url is None:
+        for field, url in (
+            ("broker_url", settings.broker_url),
+            ("result_backend", settings.result_backend),
+        ):
+            if url:
+                raise ConfigError(
+                    env_name(field),
+                    "the Redis job settings need REDIS_URL set as well (set both or neither)",
+                )
     if settings.api_key is not None and len(settings.api_key) < 16:
         raise ConfigError("ONDOKI_API_KEY", "must be at least 16 characters")
     if settings.env == "production":

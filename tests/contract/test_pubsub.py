@@ -7,7 +7,7 @@ import anyio.lowlevel
 import pytest
 
 from ondoki.errors import InvalidInput, PubSubError
-from ondoki.models import Delivery, Gap, Message, Position
+from ondoki.models import Delivery, Gap, Message, Position, PubSubStats
 from ondoki.ports.pubsub import Subscription
 from tests.contract.conftest import InspectablePubSub, PubSubFactory
 from tests.waits import take
@@ -77,6 +77,19 @@ async def publish_soon(pubsub: InspectablePubSub, channel: str, first: int, last
     """`publish_numbered` once the caller has had a moment to start reading."""
     await anyio.sleep(0.05)
     await publish_numbered(pubsub, channel, first, last)
+
+
+# -- statistics ----------------------------------------------------------------------------
+
+
+async def test_stats_start_at_zero_and_normal_delivery_repairs_nothing(
+    pubsub: InspectablePubSub,
+) -> None:
+    assert pubsub.stats == PubSubStats()
+    async with pubsub.subscribe("calm") as subscription:
+        await publish_numbered(pubsub, "calm", 1, 3)
+        assert payloads(await take(subscription, 3)) == numbered(1, 3)
+    assert pubsub.stats == PubSubStats()
 
 
 # -- positions -----------------------------------------------------------------------------
@@ -379,6 +392,9 @@ async def test_slow_consumer_gets_every_message_while_history_covers(
         await pubsub.publish("slow", b"m33")
         assert payloads(await take(subscription, 1)) == [b"m33"]
         assert await quiet(subscription)
+        # The overflowed buffer held at most 4 of the 32: the rest came from history.
+        assert pubsub.stats.repaired >= 32 - 4
+        assert pubsub.stats.unrepaired_gaps == 0
 
 
 async def test_slow_consumer_beyond_history_gets_a_gap(make_pubsub: PubSubFactory) -> None:
@@ -393,6 +409,7 @@ async def test_slow_consumer_beyond_history_gets_a_gap(make_pubsub: PubSubFactor
         assert gap.position == positions[-1]
         await pubsub.publish("slower", b"m21")
         assert payloads(await take(subscription, 1)) == [b"m21"]
+        assert pubsub.stats.unrepaired_gaps == 1
 
 
 async def test_slow_consumer_does_not_hold_back_others(make_pubsub: PubSubFactory) -> None:

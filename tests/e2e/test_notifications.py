@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -134,18 +136,24 @@ def test_killed_pubsub_connections_lose_nothing(start: Start, fresh_redis: Redis
                 time.sleep(0.02)
             time.sleep(0.005)
 
-    thread = threading.Thread(target=publisher)
-    thread.start()
-    with fresh_redis.client() as admin:
-        for _ in range(4):
-            time.sleep(0.3)
-            admin.client_kill_filter(_type="pubsub")
-            admin.client_kill_filter(_type="normal", skipme=True)
-    thread.join(60)
-    for client in clients:
-        data = [f["event"]["data"] for f in client.notifications(total, timeout=20)]
-        assert data == list(range(total))
-        client.close()
+    def received(client: WsClient) -> list[Any]:
+        return [f["event"]["data"] for f in client.notifications(total, timeout=60)]
+
+    # The clients read (and answer pings) while the publisher runs: on a busy machine the
+    # run can outlast a ping interval.
+    with ThreadPoolExecutor(len(clients)) as readers:
+        reading = [readers.submit(received, client) for client in clients]
+        thread = threading.Thread(target=publisher)
+        thread.start()
+        with fresh_redis.client() as admin:
+            for _ in range(4):
+                time.sleep(0.3)
+                admin.client_kill_filter(_type="pubsub")
+                admin.client_kill_filter(_type="normal", skipme=True)
+        thread.join(60)
+        for client, result in zip(clients, reading, strict=True):
+            assert result.result(timeout=60) == list(range(total))
+            client.close()
 
 
 @pytest.mark.redis

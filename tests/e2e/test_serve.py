@@ -89,6 +89,7 @@ def test_readyz_follows_redis(start: Start, fresh_redis: RedisServer) -> None:
     ("args", "env", "names"),
     [
         ((), {"ONDOKI_PORT": "eighty"}, "ONDOKI_PORT"),
+        (("--port", "99999"), {}, "--port"),
         ((), {"REDIS_URL": "http://nope"}, "REDIS_URL"),
         ((), {"REDIS_URL": "redis://:s3cr3tPW/x9@127.0.0.1:1/0"}, "REDIS_URL"),
         ((), {"ONDOKI_ENV": "production"}, "ONDOKI_API_KEY"),
@@ -117,5 +118,12 @@ def test_start_up_warns_when_queued_jobs_can_be_evicted(
     assert "allkeys-lru" in server.output()
     with fresh_redis.client() as admin:
         admin.config_set("maxmemory-policy", "noeviction")
-    quiet = start(REDIS_URL=fresh_redis.url(0), ONDOKI_API_KEY=API_KEY).wait_ready()
+    assert "CELERY_RESULT_BACKEND" not in server.output()
+    quiet = start(
+        REDIS_URL=fresh_redis.url(0),
+        ONDOKI_API_KEY=API_KEY,
+        CELERY_RESULT_BACKEND=fresh_redis.url(1),
+    ).wait_ready()
     assert "JOBS MAY BE LOST" not in quiet.output()
+    # Accepted for compatibility, and said once at start-up.
+    assert quiet.output().count("CELERY_RESULT_BACKEND is accepted for compatibility") == 1

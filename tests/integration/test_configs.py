@@ -1,5 +1,5 @@
-"""The shipped Redis configs really configure redis-server; the Compose files say what the
-README says. (Docker cannot run here, so the Compose files are checked as data.)"""
+"""The shipped Redis configs really configure redis-server; the Compose files say what
+docs/operations.md says. (Docker cannot run here, so the Compose files are checked as data.)"""
 
 from __future__ import annotations
 

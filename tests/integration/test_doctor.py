@@ -117,6 +117,19 @@ def test_unreachable_server_is_an_error() -> None:
     assert finding(findings, "cache", "reachable")["severity"] == "error"
 
 
+def test_result_backend_is_reported_as_accepted_for_compatibility(healthy: RedisServer) -> None:
+    # Nothing is stored there, so it is not checked: an unreachable one is no error.
+    status, findings, text = doctor(
+        REDIS_URL=healthy.url(0), CELERY_RESULT_BACKEND="redis://:pw@127.0.0.1:1/1"
+    )
+    assert status == 0, text
+    note = finding(findings, "settings", "compatibility")
+    assert note["severity"] == "info"
+    assert "CELERY_RESULT_BACKEND" in note["message"]
+    assert "nothing is stored there" in note["message"]
+    assert {f["target"] for f in findings} == {"cache", "broker", "settings"}
+
+
 def test_memory_mode_has_nothing_to_check() -> None:
     status, findings, _ = doctor()
     assert status == 0

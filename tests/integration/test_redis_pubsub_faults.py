@@ -103,7 +103,7 @@ async def test_killed_pubsub_connections_lose_and_repeat_nothing(
     assert [m.payload for m in got] == [b"m%d" % n for n in range(1, total + 1)]
     assert [m.position.offset for m in got] == list(range(1, total + 1))
     assert kills >= 3
-    assert pubsub.disconnects >= kills
+    assert pubsub.stats.reconnects >= kills
 
 
 async def test_messages_published_while_disconnected_are_repaired_from_history(
@@ -128,6 +128,8 @@ async def test_messages_published_while_disconnected_are_repaired_from_history(
         await admin("ACL", "SETUSER", "default", "+subscribe")
         got = messages(await take(subscription, 3))
         assert [m.position for m in got] == missed
+        assert pubsub.stats.repaired >= len(missed)
+        assert pubsub.stats.unrepaired_gaps == 0
 
 
 async def test_restart_loses_history_and_the_subscriber_is_told(
@@ -147,7 +149,8 @@ async def test_restart_loses_history_and_the_subscriber_is_told(
             Message("restart", after[0], b"n1"),
             Message("restart", after[1], b"n2"),
         ]
-        assert pubsub.disconnects >= 1
+        assert pubsub.stats.reconnects >= 1
+        assert pubsub.stats.unrepaired_gaps >= 1
 
 
 async def test_a_frozen_server_is_detected_and_the_reader_recovers(
@@ -160,7 +163,7 @@ async def test_a_frozen_server_is_detected_and_the_reader_recovers(
         with frozen(fresh_redis):
             # No socket error ever comes from a stopped peer: only the PING deadline tells.
             await until(lambda: not pubsub.connected, within=3)
-            assert pubsub.disconnects == 1
+            assert pubsub.stats.reconnects == 1
         await until(lambda: pubsub.connected, within=5)
         later = [await pubsub.publish("frozen", b"m%d" % n) for n in (2, 3)]
         got = messages(await take(subscription, 2))

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from ondoki.entrypoints.cli import main
 from ondoki.errors import ConfigError
 from ondoki.support.redact import redact_url
-from ondoki.support.settings import Settings, env_name, load_settings, with_db
+from ondoki.support.settings import Settings, env_name, flag_name, load_settings, with_db
 
 
 def test_defaults_need_no_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -16,14 +17,15 @@ def test_defaults_need_no_configuration(tmp_path: Path, monkeypatch: pytest.Monk
     settings = load_settings({})
     assert settings == Settings()
     assert not settings.uses_redis
-    assert settings.broker is None and settings.results is None
+    assert settings.broker is None
+    assert settings.compatibility_notes == []
 
 
 def test_seed_variables_and_db_defaults() -> None:
     settings = load_settings({"REDIS_URL": "redis://:pw@cache:6379/0"})
     assert settings.redis_url == "redis://:pw@cache:6379/0"
     assert settings.broker == "redis://:pw@cache:6379/1"
-    assert settings.results == settings.broker
+    assert settings.compatibility_notes == []
     explicit = load_settings(
         {
             "REDIS_URL": "redis://cache:6379/0",
@@ -32,7 +34,10 @@ def test_seed_variables_and_db_defaults() -> None:
         }
     )
     assert explicit.broker == "redis://broker:6379/1"
-    assert explicit.results == "redis://results:6379/1"
+    # Accepted (the seed's deployments set it) but nothing is stored there: said once.
+    assert explicit.result_backend == "redis://results:6379/1"
+    [note] = explicit.compatibility_notes
+    assert "CELERY_RESULT_BACKEND" in note and "nothing is stored there" in note
 
 
 def test_ondoki_variables_are_typed() -> None:
@@ -53,6 +58,7 @@ def test_ondoki_variables_are_typed() -> None:
         ({"REDIS_URL": "http://cache"}, "REDIS_URL"),
         ({"REDIS_URL": "redis://c", "CELERY_BROKER_URL": "amqp://x"}, "CELERY_BROKER_URL"),
         ({"CELERY_BROKER_URL": "redis://broker/1"}, "CELERY_BROKER_URL"),
+        ({"CELERY_RESULT_BACKEND": "redis://broker/1"}, "CELERY_RESULT_BACKEND"),
         ({"ONDOKI_API_KEY": "short"}, "ONDOKI_API_KEY"),
         ({"ONDOKI_STATE_TTL_SECONDS": "1e9"}, "ONDOKI_STATE_TTL_SECONDS"),
         # Smaller than the largest event (64 KiB): that event would close every client.
@@ -229,3 +235,80 @@ def test_a_password_with_a_slash_is_still_redacted() -> None:
     redactor = Redactor(secrets_of([url]))
     assert "s3cr3tPW" not in redactor(f"connecting to {url} failed: s3cr3tPW/x9")
     assert "s3cr3tPW" not in Redactor()(f"connecting to {url}")
+
+
+# -- command-line flags ----------------------------------------------------------------------
+
+
+def test_flags_win_over_the_environment_and_are_typed() -> None:
+    settings = load_settings({"ONDOKI_PORT": "9000"}, flags={"port": "9100", "host": "0.0.0.0"})
+    assert (settings.host, settings.port) == ("0.0.0.0", 9100)
+    unset = load_settings({"ONDOKI_PORT": "9000"}, flags={"port": None, "host": None})
+    assert (unset.host, unset.port) == ("127.0.0.1", 9000)
+
+
+@pytest.mark.parametrize(
+    ("flags", "flag", "says"),
+    [
+        ({"port": "99999"}, "--port", "65535"),
+        ({"port": "-1"}, "--port", ">= 0"),
+        ({"port": "eighty"}, "--port", "int"),
+        ({"port": ""}, "--port", "int"),
+        ({"host": "bad host"}, "--host", "host name or an IP address"),
+        ({"host": ""}, "--host", "host name or an IP address"),
+    ],
+)
+def test_a_bad_flag_is_named_like_a_bad_variable(
+    flags: dict[str, str], flag: str, says: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, flags=flags)
+    assert caught.value.variable == flag == flag_name(next(iter(flags)))
+    assert says in str(caught.value)
+
+
+def test_hosts_that_can_be_bound_are_accepted() -> None:
+    for host in ("localhost", "0.0.0.0", "::1", "[::1]", "api.internal.example"):
+        assert load_settings({}, flags={"host": host}).host == host
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["serve", "--port", "99999"], "--port"),
+        (["serve", "--host", "no spaces please"], "--host"),
+    ],
+)
+def test_cli_refuses_a_bad_flag_with_one_line_and_exit_2(
+    argv: list[str],
+    flag: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for variable in ("ONDOKI_CONFIG", "ONDOKI_HOST", "ONDOKI_PORT", "REDIS_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    [line] = captured.err.strip().splitlines()
+    assert line.startswith(f"ondoki: configuration error: {flag}: ")
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["serve", "--worker-class", "gevent"], "--worker-class"),
+        (["serve", "--prot", "8000"], "--prot"),
+        (["launch"], "launch"),
+    ],
+)
+def test_cli_refuses_a_bad_command_line_with_one_line_and_exit_2(
+    argv: list[str], names: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("ondoki") and names in line

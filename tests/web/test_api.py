@@ -1,4 +1,4 @@
-"""The HTTP API (DESIGN section 6) in process: happy paths, and every kind of bad input
+"""The HTTP API (docs/api.md) in process: happy paths, and every kind of bad input
 answered with a 4xx in the documented error shape, never a 500, nothing stored lost."""
 
 from __future__ import annotations

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
+from starlette.testclient import TestClient
+
+from ondoki.entrypoints.bootstrap import open_services
+from ondoki.models import PubSubStats
+from ondoki.support.settings import Settings
+from ondoki_adapters.memory.pubsub import MemoryPubSub
+from ondoki_adapters.web.app import create_app
 from tests.waits import metric
-from tests.web.conftest import Api
+from tests.web.conftest import API_KEY, Api
 
 
 def test_metrics_count_requests_notifications_and_jobs(api: Api) -> None:
@@ -53,3 +61,23 @@ def test_made_up_methods_do_not_grow_metrics(api: Api) -> None:
         metric(text, "ondoki_http_requests_total", 'method="other",route="/healthz",status="405"')
         == 20
     )
+
+
+class _CountingPubSub(MemoryPubSub):
+    """A PubSub whose port-declared counters say something (the memory one never
+    reconnects)."""
+
+    @property
+    def stats(self) -> PubSubStats:
+        return PubSubStats(reconnects=3, repaired=5, unrepaired_gaps=1)
+
+
+def test_pubsub_metrics_come_from_the_port_stats(
+    anyio_backend: Literal["asyncio", "trio"],
+) -> None:
+    app = create_app(lambda: open_services(Settings(), api_key=API_KEY, pubsub=_CountingPubSub()))
+    with TestClient(app, backend=anyio_backend) as client:
+        text = client.get("/metrics").text
+    assert metric(text, "ondoki_pubsub_reconnects_total") == 3
+    assert metric(text, "ondoki_pubsub_repaired_messages_total") == 5
+    assert metric(text, "ondoki_pubsub_unrepaired_gaps_total") == 1

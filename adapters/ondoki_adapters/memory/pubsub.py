@@ -15,7 +15,7 @@ from anyio.abc import TaskStatus
 from ondoki.adapterkit.cursor import Cursor
 from ondoki.adapterkit.subscription import BufferedSubscription
 from ondoki.errors import InvalidInput, PubSubError
-from ondoki.models import Delivery, Message, Position
+from ondoki.models import Delivery, Gap, Message, Position, PubSubStats
 
 
 class _History:
@@ -42,18 +42,32 @@ class _History:
         return None if entry is None else entry[0]
 
 
+class _Counters:
+    """What `MemoryPubSub.stats` reports, counted by the subscriptions' repairs."""
+
+    def __init__(self) -> None:
+        self.repaired = 0
+        self.unrepaired_gaps = 0
+
+
 class _MemorySubscription(BufferedSubscription):
     """One subscriber's view; history is read in process, so a repair never waits."""
 
-    def __init__(self, pubsub: MemoryPubSub, cursor: Cursor, replay: list[Delivery]) -> None:
+    def __init__(
+        self, pubsub: MemoryPubSub, cursor: Cursor, replay: list[Delivery], counters: _Counters
+    ) -> None:
         super().__init__(cursor, pubsub.buffer)
         self._pubsub = pubsub
+        self._counters = counters
         self._ready.extend(replay)
 
     async def _repair(self) -> None:
         self._stale = False
         cursor = self._cursor
-        self._ready.extend(cursor.catch_up(*self._pubsub._snapshot(cursor.channel, cursor)))
+        repaired = cursor.catch_up(*self._pubsub._snapshot(cursor.channel, cursor))
+        self._counters.repaired += sum(isinstance(d, Message) for d in repaired)
+        self._counters.unrepaired_gaps += sum(isinstance(d, Gap) for d in repaired)
+        self._ready.extend(repaired)
 
 
 class MemoryPubSub:
@@ -87,6 +101,7 @@ class MemoryPubSub:
         self._running = False
         self._closed = False
         self._run_scope: anyio.CancelScope | None = None
+        self._counters = _Counters()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -116,7 +131,7 @@ class MemoryPubSub:
     def _end_subscriptions(self) -> None:
         for subscriptions in self._subscribers.values():
             for subscription in subscriptions:
-                subscription._close()
+                subscription.close()
 
     # -- the port --------------------------------------------------------------------------
 
@@ -155,7 +170,7 @@ class MemoryPubSub:
         if idempotency_key is not None:
             history.idempotency[idempotency_key] = (position, now + self.history_ttl)
         for subscription in self._subscribers.get(channel, ()):
-            subscription._push(message)
+            subscription.push(message)
         return position
 
     @asynccontextmanager
@@ -175,12 +190,12 @@ class MemoryPubSub:
         else:
             cursor = Cursor(channel, since.epoch, since.offset)
             replay = cursor.catch_up(*self._snapshot(channel, cursor))
-        subscription = _MemorySubscription(self, cursor, replay)
+        subscription = _MemorySubscription(self, cursor, replay, self._counters)
         self._subscribers.setdefault(channel, set()).add(subscription)
         try:
             yield subscription
         finally:
-            subscription._close()
+            subscription.close()
             subscriptions = self._subscribers.get(channel)
             if subscriptions is not None:
                 subscriptions.discard(subscription)
@@ -195,6 +210,13 @@ class MemoryPubSub:
 
     async def ping(self) -> None:
         self._check_open()
+
+    @property
+    def stats(self) -> PubSubStats:
+        """Messages repaired from history after a subscriber's buffer overflowed, and gaps
+        history could not cover; `reconnects` is always 0 (there is no connection)."""
+        counters = self._counters
+        return PubSubStats(repaired=counters.repaired, unrepaired_gaps=counters.unrepaired_gaps)
 
     async def aclose(self) -> None:
         self._closed = True

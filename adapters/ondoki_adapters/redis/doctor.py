@@ -49,8 +49,6 @@ def targets(settings: Settings) -> list[Target]:
         found.append(Target("cache", settings.redis_url))
     if settings.broker is not None:
         found.append(Target("broker", settings.broker))
-    if settings.results is not None and settings.results != settings.broker:
-        found.append(Target("results", settings.results))
     return found
 
 
@@ -71,6 +69,10 @@ async def diagnose(settings: Settings) -> list[Finding]:
     findings: list[Finding] = []
     for target in found:
         findings += await _check_target(target, settings, shared=shared)
+    findings += [
+        Finding("settings", "compatibility", "info", note, "nothing to do; unset it to quiet this")
+        for note in settings.compatibility_notes
+    ]
     return findings
 
 
@@ -123,7 +125,7 @@ async def _check_target(target: Target, settings: Settings, *, shared: bool) -> 
                 "warning",
                 "CONFIG GET is not allowed for this user (managed Redis?)",
                 "check maxmemory-policy, persistence and client-output-buffer-limit in your "
-                "provider's settings against the README's operator guide",
+                "provider's settings against docs/operations.md",
             )
         else:
             _memory(target, config, shared, add)
@@ -257,7 +259,8 @@ def _persistence(target: Target, config: dict[str, str], info: Any, add: Add) ->
             "warning" if not rdb else "info",
             f"{what}; queued jobs {'are lost' if not rdb else 'since the last snapshot are lost'} "
             "if Redis restarts",
-            "opt in to AOF on the broker (appendonly yes, appendfsync everysec; README)",
+            "opt in to AOF on the broker (appendonly yes, appendfsync everysec; "
+            "docs/operations.md)",
         )
     else:
         add("persistence", "ok", what, None)

@@ -35,7 +35,7 @@ from redis.asyncio.connection import AbstractConnection
 from ondoki.adapterkit.cursor import Cursor
 from ondoki.adapterkit.subscription import BufferedSubscription
 from ondoki.errors import InvalidInput, PubSubError
-from ondoki.models import Gap, Message, Position
+from ondoki.models import Gap, Message, Position, PubSubStats
 from ondoki_adapters.redis.connection import call, connect, describe, milliseconds
 
 T = TypeVar("T")
@@ -128,13 +128,23 @@ class _Channel:
         self.sent, self.pending, self.live = False, 0, False
 
 
+class _Counters:
+    """What `RedisPubSub.stats` reports, counted by the adapter and its subscriptions."""
+
+    def __init__(self) -> None:
+        self.reconnects = 0
+        self.repaired = 0
+        self.unrepaired_gaps = 0
+
+
 class _RedisSubscription(BufferedSubscription):
     """One subscriber's view of a channel on this instance's pub/sub connection."""
 
-    def __init__(self, pubsub: RedisPubSub, channel: _Channel) -> None:
+    def __init__(self, pubsub: RedisPubSub, channel: _Channel, counters: _Counters) -> None:
         super().__init__(Cursor(channel.name, "", 0), pubsub.buffer)
         self._pubsub = pubsub
         self._channel = channel
+        self._counters = counters
 
     async def _wait_live(self) -> None:
         while not self._channel.live:
@@ -175,8 +185,8 @@ class _RedisSubscription(BufferedSubscription):
         if drops == self._drops:
             self._stale = False
         repaired = cursor.catch_up(*snapshot)
-        self._pubsub.repaired += sum(isinstance(d, Message) for d in repaired)
-        self._pubsub.gaps += sum(isinstance(d, Gap) for d in repaired)
+        self._counters.repaired += sum(isinstance(d, Message) for d in repaired)
+        self._counters.unrepaired_gaps += sum(isinstance(d, Gap) for d in repaired)
         self._ready.extend(repaired)
 
 
@@ -234,12 +244,7 @@ class RedisPubSub:
         self.health_interval = health_interval
         self.health_timeout = health_timeout
         self.reconnect_max = reconnect_max
-        #: Times the pub/sub connection was lost (or failed a health check) while running.
-        self.disconnects = 0
-        #: Messages a subscription missed live and got from history instead (repairs).
-        self.repaired = 0
-        #: Gaps history could not cover (subscribers told to resync).
-        self.gaps = 0
+        self._counters = _Counters()
         self._ttl_ms = milliseconds(history_ttl)
         self._publish_script = client.register_script(_PUBLISH)
         self._read_script = client.register_script(_READ)
@@ -333,14 +338,14 @@ class RedisPubSub:
         entry = self._channels.get(channel)
         if entry is None:
             entry = self._channels[channel] = _Channel(channel)
-        subscription = _RedisSubscription(self, entry)
+        subscription = _RedisSubscription(self, entry, self._counters)
         entry.subscribers.add(subscription)
         self._plan()
         try:
             await subscription._open(since)
             yield subscription
         finally:
-            subscription._close()
+            subscription.close()
             entry.subscribers.discard(subscription)
             if not entry.subscribers:
                 self._plan()
@@ -366,7 +371,7 @@ class RedisPubSub:
             self._run_scope.cancel()
         for entry in self._channels.values():
             for subscription in entry.subscribers:
-                subscription._close()
+                subscription.close()
         if self._owns_client:
             await self.client.aclose()
 
@@ -374,6 +379,17 @@ class RedisPubSub:
         """How many subscriptions to `channel` are open here (for tests and diagnostics)."""
         entry = self._channels.get(channel)
         return 0 if entry is None else len(entry.subscribers)
+
+    @property
+    def stats(self) -> PubSubStats:
+        """Reconnects (counted when the connection is lost), messages repaired from history
+        after one, and gaps history could not cover."""
+        counters = self._counters
+        return PubSubStats(
+            reconnects=counters.reconnects,
+            repaired=counters.repaired,
+            unrepaired_gaps=counters.unrepaired_gaps,
+        )
 
     @property
     def connected(self) -> bool:
@@ -400,7 +416,7 @@ class RedisPubSub:
             self._run_scope = None
             for entry in self._channels.values():
                 for subscription in entry.subscribers:
-                    subscription._close()
+                    subscription.close()
             self._signal()
 
     async def _keep_connected(self) -> None:
@@ -413,7 +429,7 @@ class RedisPubSub:
                 log.warning("cannot open the pub/sub connection: %s", self._last_error)
             else:
                 self._last_error = await self._session(connection)
-                self.disconnects += 1
+                self._counters.reconnects += 1
                 log.warning("lost the pub/sub connection: %s; reconnecting", self._last_error)
                 if anyio.current_time() - started >= self.health_interval:
                     self._failures = 0
@@ -458,7 +474,7 @@ class RedisPubSub:
                 if not entry.subscribers:
                     del self._channels[name]
                 for subscription in entry.subscribers:
-                    subscription._lose_buffer()
+                    subscription.lose_buffer()
             self._signal()
         return reasons[0] if reasons else "closed"
 
@@ -506,7 +522,7 @@ class RedisPubSub:
             return
         message = Message(name, Position(epoch, offset), payload)
         for subscription in entry.subscribers:
-            subscription._push(message)
+            subscription.push(message)
 
     def _acknowledge(self, name: str, *, subscribed: bool) -> None:
         entry = self._channels.get(name)
@@ -519,7 +535,7 @@ class RedisPubSub:
             entry.live = True
             self._failures = 0
             for subscription in entry.subscribers:
-                subscription._notify()
+                subscription.wake()
         elif not entry.sent and not entry.subscribers:
             del self._channels[name]
 

@@ -53,21 +53,21 @@ class ServiceCollector(Collector):
             "ondoki_ws_slow_client_closes", "Clients closed with 4008 (too slow)", hub.slow_closes
         )
         yield _counter("ondoki_ws_resyncs", "Resync frames sent (history gaps)", hub.resyncs)
-        pubsub = found.pubsub
+        pubsub = found.pubsub.stats
         yield _counter(
             "ondoki_pubsub_reconnects",
             "Times the pub/sub connection was lost and made again",
-            getattr(pubsub, "disconnects", 0),
+            pubsub.reconnects,
         )
         yield _counter(
             "ondoki_pubsub_repaired_messages",
-            "Messages missed live and delivered from history after a reconnect",
-            getattr(pubsub, "repaired", 0),
+            "Messages missed live (a reconnect, a full buffer) and delivered from history",
+            pubsub.repaired,
         )
         yield _counter(
             "ondoki_pubsub_unrepaired_gaps",
-            "Gaps history could not cover after a reconnect",
-            getattr(pubsub, "gaps", 0),
+            "Gaps history could not cover in such a repair",
+            pubsub.unrepaired_gaps,
         )
         if self.jobs is not None:
             states = GaugeMetricFamily("ondoki_jobs", "Jobs per state", labels=["state"])

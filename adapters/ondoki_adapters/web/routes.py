@@ -1,4 +1,5 @@
-"""HTTP routes: health, sessions and temporary state (DESIGN section 6)."""
+"""HTTP routes: health, sessions, temporary state, notifications, jobs and imports; the
+contract they keep is docs/api.md (and docs/websocket.md for `/ws`)."""
 
 from __future__ import annotations
 

@@ -250,7 +250,7 @@ class NotificationHub:
                     pongs.answered()
                 elif isinstance(message, Resume):
                     # A late resume restarts the stream from there: it may repeat offsets the
-                    # client already has (resume first to avoid that; see README).
+                    # client already has (resume first to avoid that; see docs/websocket.md).
                     stream.restart(Position(message.epoch, message.offset))
 
         async def pinger() -> None:
