@@ -22,7 +22,7 @@ VALUE = b'"' + b"x" * (64 * 1024 - 3) + b'"'  # a 64 KiB JSON document
 
 
 @contextmanager
-def serving(settings: Settings, backend: str) -> Iterator[Api]:
+def serving(settings: Settings, backend: Literal["asyncio", "trio"]) -> Iterator[Api]:
     app = create_app(lambda: open_services(settings, api_key=API_KEY))
     with TestClient(app, backend=backend, raise_server_exceptions=False) as client:
         yield Api(client)
