@@ -1,25 +1,31 @@
 """`PostgresSessionStore`: the SessionStore port on PostgreSQL.
 
-psycopg's blocking API with its connection pool, called in worker threads: one design that
-runs under asyncio and trio alike (psycopg's async API runs on asyncio only). The threads
-come from a limiter as large as the pool, so that waiting for a connection never takes
-the threads other work needs.
+psycopg's blocking API, called in worker threads: one design that runs under asyncio and
+trio alike (psycopg's async API runs on asyncio only). The threads come from a limiter as
+large as the pool, so the store never holds more connections, nor takes the threads other
+work needs.
+
+The pool is a small one of its own rather than psycopg_pool's: that one reconnects in the
+background with an exponential backoff, so after an outage requests kept failing for
+seconds after PostgreSQL was back, and while it was down each waited the whole timeout.
+Here a request that finds no idle connection connects itself: it fails at once when the
+server refuses, and succeeds as soon as the server is back.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 import msgspec
 import psycopg
-import psycopg.errors
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ondoki.errors import InvalidInput, SessionStoreError
 from ondoki.ports.sessions import StoredSession
@@ -43,7 +49,8 @@ _GET = (
 _CREATE = (
     "INSERT INTO ondoki_sessions "
     "(id, user_id, data, created_at, ttl_seconds, expires_at, absolute_expires_at) VALUES "
-    "(%s, %s, %s::jsonb, to_timestamp(%s), %s, to_timestamp(%s), to_timestamp(%s))"
+    "(%s, %s, %s::jsonb, to_timestamp(%s), %s, to_timestamp(%s), to_timestamp(%s)) "
+    "ON CONFLICT (id) DO NOTHING"
 )
 _EXTEND = (
     "UPDATE ondoki_sessions SET expires_at = "
@@ -59,8 +66,6 @@ _PURGE = (
 
 def describe(exc: BaseException) -> str:
     """A short, secret-free account of a driver error (psycopg never echoes the password)."""
-    if isinstance(exc, PoolTimeout):
-        return "no database connection available in time (is PostgreSQL up?)"
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -83,22 +88,14 @@ class PostgresSessionStore:
         self.purge_interval = purge_interval
         self._clock = clock
         self._limiter = anyio.CapacityLimiter(pool_size)
-        self._pool = ConnectionPool(
+        self._pool = _Pool(
             url,
-            min_size=1,
-            max_size=pool_size,
-            open=False,
-            timeout=timeout,
-            name="ondoki-sessions",
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": max(1, math.ceil(timeout)),
-                "options": f"-c statement_timeout={int(timeout * 1000)}",
-                "application_name": "ondoki",
-            },
+            size=pool_size,
+            autocommit=True,
+            connect_timeout=max(1, math.ceil(timeout)),
+            options=f"-c statement_timeout={int(timeout * 1000)}",
+            application_name="ondoki",
         )
-        # Opened in the background: an unreachable server at start-up is not fatal.
-        self._pool.open(wait=False)
 
     async def _call(self, work: Callable[[psycopg.Connection], T], *, repeat: bool) -> T:
         def run() -> T:
@@ -108,16 +105,14 @@ class PostgresSessionStore:
                     with self._pool.connection() as conn:
                         return work(conn)
                 except psycopg.OperationalError:
-                    # The pool drops the broken connection; the next attempt gets another.
+                    # A broken connection is dropped; the next attempt gets another.
                     if attempt + 1 == attempts:
                         raise
             raise AssertionError("unreachable")  # pragma: no cover
 
         try:
             return await anyio.to_thread.run_sync(run, limiter=self._limiter)
-        except psycopg.errors.UniqueViolation:
-            raise InvalidInput("a session with this id exists") from None
-        except (psycopg.Error, PoolTimeout) as exc:
+        except psycopg.Error as exc:
             raise SessionStoreError(f"session database: {describe(exc)}") from None
 
     async def create(self, session: StoredSession) -> None:
@@ -131,11 +126,18 @@ class PostgresSessionStore:
             session.absolute_expires_at,
         )
 
-        def insert(conn: psycopg.Connection) -> None:
-            conn.execute(_CREATE, params)
+        attempts = 0
 
-        # Not repeated: a first attempt that did commit would make the second one fail.
-        await self._call(insert, repeat=False)
+        def insert(conn: psycopg.Connection) -> bool:
+            nonlocal attempts
+            attempts += 1
+            stored = conn.execute(_CREATE, params).rowcount > 0
+            # Ids are 256-bit hashes of random tokens: a conflict on a repeated attempt is
+            # the first attempt, which committed before its connection broke.
+            return stored or attempts > 1
+
+        if not await self._call(insert, repeat=True):
+            raise InvalidInput("a session with this id exists")
 
     async def get(self, session_id: str, *, now: float) -> StoredSession | None:
         def select(conn: psycopg.Connection) -> tuple[Any, ...] | None:
@@ -205,6 +207,43 @@ class PostgresSessionStore:
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self._pool.close)
+
+
+class _Pool:
+    """Idle connections kept for reuse (at most `size`); a caller that finds none connects.
+    Thread-safe: it is used from worker threads."""
+
+    def __init__(self, url: str, *, size: int, **options: Any) -> None:
+        self.url = url
+        self.size = size
+        self.options = options
+        self._idle: list[psycopg.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = psycopg.connect(self.url, **self.options)
+        try:
+            yield conn
+        except BaseException:
+            conn.close()  # broken, or in a state nobody should inherit
+            raise
+        with self._lock:
+            if not self._closed and not conn.closed and len(self._idle) < self.size:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 async def migrate_database(url: str, *, connect_timeout: float = 5.0) -> tuple[int, int]:
