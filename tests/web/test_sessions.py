@@ -10,7 +10,7 @@ from typing import Literal
 import pytest
 from starlette.testclient import TestClient
 
-from ondoki.entrypoints.bootstrap import open_services
+from ondoki.entrypoints.bootstrap import check_session_store, open_services
 from ondoki.errors import ConfigError
 from ondoki.support.settings import Settings
 from ondoki_adapters.web.app import create_app
@@ -130,3 +130,15 @@ def test_serve_refuses_a_schema_that_is_behind() -> None:
             found = inner or found.__cause__ or found.__context__
         assert isinstance(found, ConfigError)
         assert "run `ondoki migrate`" in str(found)
+
+
+@pytest.mark.anyio
+async def test_redis_without_a_database_says_sessions_are_ephemeral(
+    caplog: pytest.LogCaptureFixture, anyio_backend: str
+) -> None:
+    with caplog.at_level("WARNING", logger="ondoki"):
+        await check_session_store(Settings(redis_url="redis://127.0.0.1:1/0"), None)
+        await check_session_store(Settings(), None)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "do not survive a Redis restart" in warnings[0]
