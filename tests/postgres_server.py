@@ -69,7 +69,8 @@ def migrated(url: str) -> str:
 class PostgresServer:
     """A PostgreSQL server of the test's own, on a free port, with trust authentication."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, password: str | None = None) -> None:
+        self.password = password
         found = [d for d in BIN_DIRS if (d / "initdb").exists()]
         if not found:
             _missing("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
@@ -81,9 +82,14 @@ class PostgresServer:
         if self._user is not None:
             account = pwd.getpwnam(self._user)
             os.chown(self.dir, account.pw_uid, account.pw_gid)
-        self._run(
-            "initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync",
-        )  # fmt: skip
+        auth = ["-A", "trust"]
+        if password is not None:
+            secret = self.dir / "password"
+            secret.write_text(password)
+            if self._user is not None:
+                os.chown(secret, account.pw_uid, account.pw_gid)
+            auth = ["-A", "scram-sha-256", f"--pwfile={secret}"]
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", *auth, "--no-sync")
 
     def _run(self, program: str, *args: str) -> None:
         command = [str(self.bin / program), *args]
@@ -92,7 +98,8 @@ class PostgresServer:
         subprocess.run(command, check=True, capture_output=True, timeout=60)
 
     def url(self, database: str = "") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        auth = f"postgres:{self.password}" if self.password else "postgres"
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> PostgresServer:
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
