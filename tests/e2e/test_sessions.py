@@ -86,7 +86,8 @@ def test_redis_restarted_empty_logs_nobody_out_and_revives_nobody(
 def test_database_stopped_cached_sessions_work_creating_answers_503(
     start: Start, fresh_redis: RedisServer
 ) -> None:
-    postgres = PostgresServer().start()
+    # With a password: no log line of the server may show it (the `start` fixture checks).
+    postgres = PostgresServer(password="pg-e2e-secret-password").start()
     try:
         with throwaway_database(postgres.url()) as url:
             migrated(url)

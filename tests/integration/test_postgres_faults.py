@@ -9,7 +9,7 @@ import pytest
 
 from ondoki.domain.sessions import Sessions
 from ondoki.errors import SessionStoreError, Unauthorized
-from ondoki.support.settings import Settings
+from ondoki.support.settings import Settings, load_settings
 from ondoki_adapters.memory.cache import MemoryCache
 from ondoki_adapters.postgres.doctor import diagnose
 from ondoki_adapters.postgres.store import PostgresSessionStore, migrate_database
@@ -89,3 +89,16 @@ async def test_concurrent_migrations_apply_each_step_once(private_url: str) -> N
         for _ in range(4):
             tasks.start_soon(run)
     assert sorted(results) == [(0, 1), (1, 1), (1, 1), (1, 1)]
+
+
+async def test_unix_socket_url(private_postgres: PostgresServer, private_url: str) -> None:
+    database = private_url.rsplit("/", 1)[1]
+    url = f"postgresql://postgres@/{database}?host={private_postgres.dir}&port={private_postgres.port}"
+    assert load_settings({"DATABASE_URL": url}).database_url == url
+    await migrate_database(url)
+    store = PostgresSessionStore(url, timeout=2.0, pool_size=1)
+    try:
+        await store.ping()
+        assert await store.get("0" * 64, now=0) is None
+    finally:
+        await store.aclose()

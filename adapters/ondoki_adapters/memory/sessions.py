@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from ondoki.errors import InvalidInput
 from ondoki.ports.sessions import StoredSession
 
@@ -36,15 +38,7 @@ class MemorySessionStore:
         if session is None:
             return False
         later = min(max(expires_at, session.expires_at), session.absolute_expires_at)
-        self._sessions[session_id] = StoredSession(
-            id=session.id,
-            user_id=session.user_id,
-            data=session.data,
-            created_at=session.created_at,
-            ttl_seconds=session.ttl_seconds,
-            expires_at=later,
-            absolute_expires_at=session.absolute_expires_at,
-        )
+        self._sessions[session_id] = msgspec.structs.replace(session, expires_at=later)
         return True
 
     async def delete(self, session_id: str) -> bool:
