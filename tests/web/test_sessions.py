@@ -142,3 +142,30 @@ async def test_redis_without_a_database_says_sessions_are_ephemeral(
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert "do not survive a Redis restart" in warnings[0]
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_redis_down_session_checks_fall_back_to_the_database(
+    fresh_redis: RedisServer, database_url: str
+) -> None:
+    settings = Settings(
+        redis_url=fresh_redis.url(0), database_url=database_url, redis_timeout_seconds=1
+    )
+    with serving(settings, "asyncio") as api:
+        headers = api.login("alice")
+        fresh_redis.stop()
+        try:
+            assert api.client.get("/sessions/me", headers=headers).status_code == 200
+            # Accepted (a refused session would close before the upgrade, with 1008): the
+            # session check was answered by PostgreSQL. Notifications need Redis, so the
+            # socket then closes with 1011, "reconnect".
+            with api.client.websocket_connect("/ws", headers=headers) as socket:
+                message = socket.receive()
+            assert message["type"] == "websocket.close" and message["code"] == 1011
+            state = api.client.put("/state/draft", json={"step": 1}, headers=headers)
+            assert state.status_code == 503
+        finally:
+            fresh_redis.start()
+        assert api.client.put("/state/draft", json={"step": 1}, headers=headers).status_code == 200
+        assert api.client.get("/sessions/me", headers=headers).status_code == 200
