@@ -131,8 +131,11 @@ def test_database_stopped_cached_sessions_work_creating_answers_503(
         postgres.close()
 
 
-def test_no_raw_token_in_a_database_dump(start: Start, database: str) -> None:
-    server = start(DATABASE_URL=database, ONDOKI_API_KEY=KEY).wait_ready()
+@pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
+def test_no_raw_token_in_a_database_dump(start: Start, database: str, worker_class: str) -> None:
+    server = start(
+        "--worker-class", worker_class, DATABASE_URL=database, ONDOKI_API_KEY=KEY
+    ).wait_ready()
     tokens = [login(server.url, KEY, f"user-{n}") for n in range(5)]
     dump = subprocess.run(
         ["pg_dump", "--data-only", database], capture_output=True, text=True, check=True
@@ -140,6 +143,12 @@ def test_no_raw_token_in_a_database_dump(start: Start, database: str) -> None:
     for token in tokens:
         assert token not in dump
         assert hashlib.sha256(token.encode()).hexdigest() in dump
+    # Durable: a new process on the same database knows every session.
+    server.stop()
+    again = start(
+        "--worker-class", worker_class, DATABASE_URL=database, ONDOKI_API_KEY=KEY
+    ).wait_ready()
+    assert all(me(again, token) == 200 for token in tokens)
 
 
 def test_state_flood_logs_nobody_out(start: Start, database: str) -> None:
