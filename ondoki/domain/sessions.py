@@ -45,6 +45,9 @@ def session_id(token: str) -> str:
 
 _key = session_id
 
+#: Seconds without attempts to persist sliding expiry after the store failed to answer.
+_PERSIST_PAUSE = 30.0
+
 
 class Sessions:
     """Create, look up and end sessions. `cache` should be a namespace of its own; `store`
@@ -70,6 +73,7 @@ class Sessions:
         self.absolute_ttl = absolute_ttl
         self.persist_interval = persist_interval
         self._clock = clock
+        self._persist_paused_until = -math.inf
 
     async def create(
         self, user_id: str, data: dict[str, Any] | None = None, ttl: float | None = None
@@ -135,7 +139,7 @@ class Sessions:
         if value is None:
             if self.store is None:
                 raise Unauthorized("unknown or expired session")
-            session = await self._reload(key, now, cached=cached)
+            session = await self._reload(key, now)
         else:
             session = _decode(value)
         absolute = self._absolute(session)
@@ -150,13 +154,17 @@ class Sessions:
                 await self.cache.touch(key, expires - now)
             else:
                 await self._touch_quietly(key, expires - now)
+        refill = value is None and cached
         persisted = session.persisted_expires_at
         if (
             self.store is not None
             and persisted is not None
             and expires - persisted >= self.persist_interval
+            and now >= self._persist_paused_until
         ):
-            await self._persist(key, session, expires, now, cached=cached)
+            refill = not await self._persist(key, session, expires, now, cached=cached) and refill
+        if refill:
+            await self._cache_quietly(key, _encode(session), expires - now)
         return session, expires
 
     async def end(self, token: str) -> bool:
@@ -178,12 +186,12 @@ class Sessions:
             return session.absolute_expires_at
         return session.created_at + self.absolute_ttl
 
-    async def _reload(self, key: str, now: float, *, cached: bool) -> Session:
+    async def _reload(self, key: str, now: float) -> Session:
         assert self.store is not None
         stored = await self.store.get(key, now=now)
         if stored is None:
             raise Unauthorized("unknown or expired session")
-        session = Session(
+        return Session(
             user_id=stored.user_id,
             created_at=stored.created_at,
             ttl_seconds=stored.ttl_seconds,
@@ -191,21 +199,21 @@ class Sessions:
             absolute_expires_at=stored.absolute_expires_at,
             persisted_expires_at=stored.expires_at,
         )
-        expires = min(now + stored.ttl_seconds, stored.absolute_expires_at)
-        if cached:
-            await self._cache_quietly(key, _encode(session), expires - now)
-        return session
 
     async def _persist(
         self, key: str, session: Session, expires: float, now: float, *, cached: bool
-    ) -> None:
+    ) -> bool:
+        """Write the sliding expiry to the store, and the session back to the cache (when
+        it answers); False when the store did not answer (then nothing was written)."""
         assert self.store is not None
         try:
             alive = await self.store.extend(key, expires, now=now)
         except SessionStoreError as exc:
-            # The cached copy keeps the session going; the next request tries again.
+            # The cached copy keeps the session going. Requests stop trying for a while, so
+            # that a store that times out does not slow every request down.
+            self._persist_paused_until = now + min(self.persist_interval, _PERSIST_PAUSE)
             log.debug("could not persist a session's sliding expiry: %s", exc)
-            return
+            return False
         if not alive:
             # Ended (or expired) in the store while a cached copy lived on: the store wins.
             await self._forget(key, cached=cached)
@@ -213,6 +221,7 @@ class Sessions:
         session.persisted_expires_at = expires
         if cached:
             await self._cache_quietly(key, _encode(session), expires - now)
+        return True
 
     async def _forget(self, key: str, *, cached: bool) -> None:
         if cached:

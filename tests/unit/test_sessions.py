@@ -57,6 +57,7 @@ class FlakyStore(MemorySessionStore):
 
     down = False
     extends = 0
+    extend_attempts = 0
 
     def _check(self) -> None:
         if self.down:
@@ -71,6 +72,7 @@ class FlakyStore(MemorySessionStore):
         return await super().get(session_id, now=now)
 
     async def extend(self, session_id: str, expires_at: float, *, now: float) -> bool:
+        self.extend_attempts += 1
         self._check()
         self.extends += 1
         return await super().extend(session_id, expires_at, now=now)
@@ -228,6 +230,23 @@ async def test_database_down_cached_sessions_work_but_create_and_end_refuse(
     assert await world.sessions.end(token)
     with pytest.raises(Unauthorized):
         await world.sessions.get(token)
+
+
+async def test_a_store_that_fails_is_not_asked_on_every_request(world: World) -> None:
+    assert world.store is not None
+    token, _ = await world.sessions.create("alice")
+    world.store.down = True
+    world.clock.now += INTERVAL
+    await world.sessions.get(token)
+    assert world.store.extend_attempts == 1
+    for _ in range(20):
+        world.clock.now += 1
+        await world.sessions.get(token)
+    assert world.store.extend_attempts == 1
+    world.store.down = False
+    world.clock.now += 30
+    await world.sessions.get(token)
+    assert world.store.extend_attempts == 2 and world.store.extends == 1
 
 
 async def test_database_down_uncached_session_is_unknowable(world: World) -> None:
