@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -13,7 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.conftest import Start
-from tests.e2e.process import ServeProcess
+from tests.e2e.process import ServeProcess, clean_env
 from tests.e2e.ws import WsClient, login, publish
 from tests.postgres_server import PostgresServer, migrated, throwaway_database
 from tests.redis_server import RedisServer
@@ -200,3 +201,25 @@ def test_absolute_lifetime_closes_open_sockets(start: Start) -> None:
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
     assert time.monotonic() - started >= 2  # not before the lifetime ended
     assert me(server, token) == 401
+
+
+def test_serve_refuses_a_schema_behind_in_one_line_and_migrate_fixes_it(start: Start) -> None:
+    with throwaway_database() as url:
+        refused = start(DATABASE_URL=url, ONDOKI_API_KEY=KEY)
+        assert refused.exit_code() == 2
+        lines = [line for line in refused.output().splitlines() if "configuration error" in line]
+        assert lines == [
+            "ondoki: configuration error: DATABASE_URL: the session database's schema is at "
+            "version 0, this ondoki needs 1: run `ondoki migrate` first"
+        ]
+        migrate = subprocess.run(
+            [sys.executable, "-m", "ondoki", "migrate"],
+            env=clean_env(DATABASE_URL=url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert migrate.returncode == 0, migrate.stderr
+        assert "from version 0 to 1" in migrate.stdout
+        server = start(DATABASE_URL=url, ONDOKI_API_KEY=KEY).wait_ready()
+        assert me(server, login(server.url, KEY, "alice")) == 200

@@ -102,3 +102,13 @@ async def test_unix_socket_url(private_postgres: PostgresServer, private_url: st
         assert await store.get("0" * 64, now=0) is None
     finally:
         await store.aclose()
+
+
+async def test_tls_options_reach_the_driver(private_url: str) -> None:
+    # The private server has no TLS: libpq refuses, which shows `sslmode` was applied.
+    store = PostgresSessionStore(private_url + "?sslmode=require", timeout=2.0, pool_size=1)
+    try:
+        with pytest.raises(SessionStoreError, match="SSL"):
+            await store.ping()
+    finally:
+        await store.aclose()
