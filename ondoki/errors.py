@@ -80,6 +80,12 @@ class CacheError(BackendError):
     code = "cache_unavailable"
 
 
+class SessionStoreError(BackendError):
+    """The durable session store (PostgreSQL) could not complete an operation."""
+
+    code = "sessions_unavailable"
+
+
 class PubSubError(BackendError):
     """The pub/sub backend could not complete an operation."""
 

@@ -89,6 +89,10 @@ class Session(msgspec.Struct, kw_only=True):
     created_at: float
     ttl_seconds: float
     data: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: When the session ends however often it is used (None: cached before lifetimes existed).
+    absolute_expires_at: float | None = None
+    #: The expiry last written to the durable store (None: there is none).
+    persisted_expires_at: float | None = None
 
 
 class QueueStats(msgspec.Struct):

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.postgres_server import migrated, throwaway_database
 from tests.redis_server import RedisServer, in_ci
 
 PASSWORD = "s3cret-test-password"
@@ -69,3 +70,10 @@ def fresh_redis() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A throwaway database on the server at 127.0.0.1:5432, migrated, for this run."""
+    with throwaway_database() as url:
+        yield migrated(url)

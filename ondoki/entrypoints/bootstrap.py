@@ -27,6 +27,7 @@ from ondoki.ports.cache import Cache
 from ondoki.ports.jobs import JobNotify, JobQueue
 from ondoki.ports.media import MediaDecoder, SubtitleReader, Transcriber
 from ondoki.ports.pubsub import PubSub
+from ondoki.ports.sessions import SessionStore
 from ondoki.support.redact import redact_url
 from ondoki.support.settings import Settings, with_db
 
@@ -81,6 +82,66 @@ def build_cache(settings: Settings) -> Cache:
         default_ttl=settings.cache_default_ttl_seconds,
         timeout=settings.redis_timeout_seconds,
     )
+
+
+def build_session_store(settings: Settings) -> SessionStore | None:
+    """The durable session store DATABASE_URL names, or None (sessions only in the cache)."""
+    if settings.database_url is None:
+        return None
+    from ondoki_adapters.postgres.store import PostgresSessionStore
+
+    return PostgresSessionStore(
+        settings.database_url,
+        timeout=settings.database_timeout_seconds,
+        pool_size=settings.database_pool_size,
+    )
+
+
+def build_session_cache(settings: Settings, cache: Cache) -> Cache:
+    """Where sessions are cached. On the memory adapters a cache of their own, so that no
+    amount of state evicts a session; on Redis a namespace of the one cache (an evicted
+    session is read again from the database, when there is one)."""
+    if settings.redis_url is None:
+        from ondoki_adapters.memory.cache import MemoryCache
+
+        return MemoryCache(
+            max_entries=settings.memory_cache_max_entries,
+            max_bytes=settings.memory_cache_max_bytes,
+            default_ttl=settings.cache_default_ttl_seconds,
+        )
+    return NamespacedCache(cache, f"{settings.namespace}:session:")
+
+
+async def check_session_store(settings: Settings, store: SessionStore | None) -> None:
+    """Say where sessions live; refuse to serve on a database whose schema is behind."""
+    if store is None:
+        if settings.redis_url is not None:
+            log.warning(
+                "DATABASE_URL is unset: sessions live only in Redis and do not survive a "
+                "Redis restart (see docs/sessions.md)"
+            )
+        return
+    from ondoki_adapters.postgres.schema import VERSION
+    from ondoki_adapters.postgres.store import PostgresSessionStore
+
+    assert isinstance(store, PostgresSessionStore)
+    assert settings.database_url is not None
+    where = redact_url(settings.database_url)
+    try:
+        with anyio.fail_after(settings.database_timeout_seconds * 2):
+            version = await store.schema_version()
+    except (OndokiError, TimeoutError) as exc:
+        # Like Redis: not fatal. /readyz says 503 until the database answers (and its
+        # schema is current); sessions already cached keep working meanwhile.
+        log.warning("the session database at %s is not answering yet: %s", where, exc)
+        return
+    if version < VERSION:
+        raise ConfigError(
+            "DATABASE_URL",
+            f"the session database's schema is at version {version}, this ondoki needs "
+            f"{VERSION}: run `ondoki migrate` first",
+        )
+    log.info("keeping sessions in PostgreSQL at %s (schema version %d)", where, version)
 
 
 def build_pubsub(settings: Settings) -> PubSub:
@@ -189,6 +250,13 @@ async def open_services(
             cache = build_cache(settings)
             stack.push_async_callback(cache.aclose)
         await _report_reachability(settings, cache)
+        store = build_session_store(settings)
+        if store is not None:
+            stack.push_async_callback(store.aclose)
+        await check_session_store(settings, store)
+        housekeeping: object = store  # the PostgreSQL store removes expired sessions
+        if isinstance(housekeeping, Runnable):
+            await tasks.start(housekeeping.run)
         if pubsub is None:
             pubsub = build_pubsub(settings)
             stack.push_async_callback(pubsub.aclose)
@@ -215,22 +283,32 @@ async def open_services(
             api_key=api_key if api_key is not None else resolve_api_key(settings),
             cache=cache,
             sessions=Sessions(
-                NamespacedCache(cache, f"{ns}:session:"),
+                build_session_cache(settings, cache),
+                store=store,
                 ttl=settings.session_ttl_seconds,
                 max_ttl=settings.session_max_ttl_seconds,
                 max_data_bytes=settings.state_max_bytes,
+                absolute_ttl=settings.session_absolute_ttl_seconds,
+                persist_interval=settings.session_persist_interval_seconds,
             ),
             state=TemporaryState(
                 NamespacedCache(cache, f"{ns}:state:"),
                 ttl=settings.state_ttl_seconds,
                 max_ttl=settings.state_max_ttl_seconds,
                 max_bytes=settings.state_max_bytes,
+                max_keys_per_user=settings.state_max_keys_per_user,
+                max_bytes_per_user=settings.state_max_bytes_per_user,
             ),
             pubsub=pubsub,
             notifications=hub,
             jobs=jobs,
             imports=imports,
-            parts={"cache": cache, "pubsub": pubsub, "jobs": jobs},
+            parts={
+                "cache": cache,
+                "pubsub": pubsub,
+                "jobs": jobs,
+                **({"database": store} if store is not None else {}),
+            },
         )
         yield services
         tasks.cancel_scope.cancel()
@@ -297,3 +375,14 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
             ),
         )
         tasks.cancel_scope.cancel()
+
+
+async def migrate_sessions(settings: Settings) -> tuple[int, int]:
+    """`ondoki migrate`: bring the session database's schema up to date; (before, after)."""
+    if settings.database_url is None:
+        raise ConfigError("DATABASE_URL", "`ondoki migrate` needs the session database's URL")
+    from ondoki_adapters.postgres.store import migrate_database
+
+    return await migrate_database(
+        settings.database_url, connect_timeout=settings.database_timeout_seconds
+    )

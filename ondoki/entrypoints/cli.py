@@ -11,9 +11,10 @@ from contextlib import asynccontextmanager
 from typing import NoReturn
 
 import anyio
+import msgspec
 
 from ondoki.entrypoints.services import Services
-from ondoki.errors import ConfigError
+from ondoki.errors import BackendError, ConfigError
 from ondoki.support.settings import Settings, load_settings
 
 WORKER_CLASSES = ("asyncio", "uvloop", "trio")
@@ -40,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         default="celery,media",
         help="comma-separated queues to consume (default: celery,media)",
     )
+    commands.add_parser(
+        "migrate", help="create or update the session database's schema (DATABASE_URL)"
+    )
     doctor = commands.add_parser("doctor", help="check the configured Redis servers")
     doctor.add_argument("--json", action="store_true", help="machine-readable findings")
     return parser
@@ -48,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 def _configure_logging(settings: Settings) -> None:
     from ondoki.support.logs import configure_logging, secrets_of
 
-    urls = (settings.redis_url, settings.broker_url, settings.result_backend)
+    urls = (settings.redis_url, settings.broker_url, settings.result_backend, settings.database_url)
     configure_logging(settings.log_level, secrets_of(urls, settings.api_key))
 
 
@@ -113,10 +117,29 @@ def serve(settings: Settings, worker_class: str) -> None:
     anyio.run(_serve, settings, worker_class, backend=backend, backend_options=options)
 
 
+def migrate(settings: Settings) -> int:
+    from ondoki.entrypoints.bootstrap import migrate_sessions
+
+    try:
+        before, after = anyio.run(migrate_sessions, settings)
+    except BackendError as exc:
+        print(f"ondoki: migrate failed: {exc}", file=sys.stderr)
+        return 1
+    if before == after:
+        print(f"ondoki: the session database's schema is current (version {after})")
+    else:
+        print(f"ondoki: migrated the session database's schema from version {before} to {after}")
+    return 0
+
+
 def doctor(settings: Settings, as_json: bool) -> int:
-    from ondoki_adapters.redis.doctor import diagnose, render, to_json
+    from ondoki_adapters.postgres.doctor import diagnose as diagnose_database
+    from ondoki_adapters.redis.doctor import Finding, diagnose, render, to_json
 
     findings = anyio.run(diagnose, settings)
+    findings += [
+        Finding(**msgspec.structs.asdict(found)) for found in anyio.run(diagnose_database, settings)
+    ]
     if as_json:
         sys.stdout.write(to_json(findings).decode() + "\n")
     else:
@@ -144,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(flags=flags)
         if args.command == "doctor":
             return doctor(settings, args.json)
+        if args.command == "migrate":
+            _configure_logging(settings)
+            return migrate(settings)
         if args.command == "worker":
             _configure_logging(settings)
             queues = tuple(q.strip() for q in args.queues.split(",") if q.strip())

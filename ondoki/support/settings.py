@@ -26,6 +26,9 @@ _SEED_NAMES = {
     "result_backend": "CELERY_RESULT_BACKEND",
 }
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# The database's URL goes by the name the PostgreSQL ecosystem uses.
+_OTHER_NAMES = {"database_url": "DATABASE_URL"}
+_DATABASE_SCHEMES = ("postgresql://", "postgres://")
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -76,6 +79,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     memory_cache_max_bytes: Positive = 64 * 1024 * 1024
     redis_timeout_seconds: Seconds = 5.0
 
+    # Sessions: the durable store (PostgreSQL), absolute lifetime, per-user state bounds.
+    database_url: str | None = None
+    database_timeout_seconds: Seconds = 5.0
+    database_pool_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    allow_ephemeral_sessions: bool = False
+    session_absolute_ttl_seconds: Seconds = 30 * 86_400.0
+    session_persist_interval_seconds: Seconds = 300.0
+    state_max_keys_per_user: Positive = 100
+    state_max_bytes_per_user: Positive = 1024 * 1024
+
     @property
     def uses_redis(self) -> bool:
         return self.redis_url is not None
@@ -102,6 +115,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name in _SEED_NAMES:
             if shown[name] is not None:
                 shown[name] = redact_url(shown[name])
+        if shown["database_url"] is not None:
+            shown["database_url"] = redact_url(shown["database_url"])
         if shown["api_key"] is not None:
             shown["api_key"] = "***"
         return shown
@@ -121,7 +136,7 @@ _RENAMED = {"ONDOKI_WS_QUEUE_SIZE": "ONDOKI_WS_SEND_BUFFER_BYTES (a bound in byt
 
 def env_name(field: str) -> str:
     """The environment variable that sets `field`."""
-    return _SEED_NAMES.get(field, f"ONDOKI_{field.upper()}")
+    return _SEED_NAMES.get(field) or _OTHER_NAMES.get(field) or f"ONDOKI_{field.upper()}"
 
 
 def with_db(url: str, db: int) -> str:
@@ -239,6 +254,8 @@ def _check(settings: Settings) -> None:
                     env_name(field),
                     "the Redis job settings need REDIS_URL set as well (set both or neither)",
                 )
+    if settings.database_url is not None:
+        _check_database_url(settings.database_url)
     if settings.api_key is not None and len(settings.api_key) < 16:
         raise ConfigError("ONDOKI_API_KEY", "must be at least 16 characters")
     if settings.env == "production":
@@ -281,6 +298,24 @@ def _check_url(variable: str, url: str) -> None:
         raise ConfigError(variable, problem)
 
 
+def _check_database_url(url: str) -> None:
+    # Never echoed either: only the redacted form, for the same reason as Redis URLs.
+    if not url.startswith(_DATABASE_SCHEMES):
+        raise ConfigError(
+            "DATABASE_URL",
+            f"must be a postgresql:// URL (postgresql://user:password@host:5432/db), got "
+            f"{redact_url(url)}",
+        )
+    try:
+        urlsplit(url).port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError(
+            "DATABASE_URL",
+            "is not a valid PostgreSQL URL (expected postgresql://user:password@host:5432/db; "
+            "percent-encode special characters of the password)",
+        ) from None
+
+
 def _has_password(url: str) -> bool:
     return url_password(url) is not None or "password=" in urlsplit(url).query
 
@@ -295,13 +330,18 @@ def _check_production(settings: Settings) -> None:
             "is required when ONDOKI_ENV=production (the in-memory adapters keep sessions, "
             "notifications and jobs inside one process)",
         )
-    if settings.allow_passwordless_redis:
-        return
     for field in _SEED_NAMES:
         url = getattr(settings, field)
-        if url is not None and not _has_password(url):
+        if url is not None and not settings.allow_passwordless_redis and not _has_password(url):
             raise ConfigError(
                 env_name(field),
                 f"has no password ({redact_url(url)}); put one in the URL, or set "
                 "ONDOKI_ALLOW_PASSWORDLESS_REDIS=true if the network is private",
             )
+    if settings.database_url is None and not settings.allow_ephemeral_sessions:
+        raise ConfigError(
+            "DATABASE_URL",
+            "is required when ONDOKI_ENV=production (without it sessions live only in Redis "
+            "and a Redis restart logs everyone out); set ONDOKI_ALLOW_EPHEMERAL_SESSIONS=true "
+            "to accept that",
+        )

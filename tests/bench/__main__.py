@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from tests.bench import cache, jobs, media, notifications
+from tests.bench import cache, jobs, media, notifications, sessions
 from tests.bench.report import Figure, print_figures, save
 from tests.redis_server import RedisServer
 
@@ -21,6 +21,7 @@ SECTIONS = {
     "notifications": notifications.run,
     "jobs": jobs.run,
     "media": media.run,
+    "sessions": sessions.run,
 }
 
 

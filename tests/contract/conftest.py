@@ -8,6 +8,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 import anyio
+import psycopg
 import pytest
 
 from ondoki.domain.jobs import DEFAULT_RECORD_TTL
@@ -15,9 +16,12 @@ from ondoki.models import JobRecord
 from ondoki.ports.cache import Cache
 from ondoki.ports.jobs import JobQueue
 from ondoki.ports.pubsub import PubSub
+from ondoki.ports.sessions import SessionStore
 from ondoki_adapters.memory.cache import MemoryCache
 from ondoki_adapters.memory.jobs import MemoryJobQueue
 from ondoki_adapters.memory.pubsub import MemoryPubSub
+from ondoki_adapters.memory.sessions import MemorySessionStore
+from ondoki_adapters.postgres.store import PostgresSessionStore
 from ondoki_adapters.redis.cache import RedisCache
 from ondoki_adapters.redis.jobs import DramatiqJobQueue
 from ondoki_adapters.redis.pubsub import RedisPubSub
@@ -172,3 +176,21 @@ async def pubsub(make_pubsub: PubSubFactory) -> AsyncIterator[InspectablePubSub]
     """An adapter with the default settings (as the composition root builds it), running."""
     async with make_pubsub() as adapter:
         yield adapter
+
+
+# -- session stores --------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def session_store(
+    request: pytest.FixtureRequest, anyio_backend: str
+) -> AsyncIterator[SessionStore]:
+    if request.param == "memory":
+        yield MemorySessionStore()
+        return
+    url: str = request.getfixturevalue("database_url")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE ondoki_sessions")
+    store = PostgresSessionStore(url, timeout=5.0, pool_size=4)
+    yield store
+    await store.aclose()

@@ -65,6 +65,12 @@ def test_prod_compose_separates_cache_from_broker_with_passwords() -> None:
         assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
     assert services["api"]["environment"]["ONDOKI_ENV"] == "production"
     assert services["worker"]["command"] == ["ondoki", "worker", "--queues", "celery,media"]
+    # Sessions in PostgreSQL, its schema migrated before the API starts.
+    assert services["migrate"]["command"] == ["ondoki", "migrate"]
+    assert services["api"]["depends_on"]["migrate"] == {
+        "condition": "service_completed_successfully"
+    }
+    assert services["postgres"]["environment"]["POSTGRES_DB"] == "ondoki"
 
 
 def test_env_example_has_the_seed_connection_strings() -> None:
@@ -77,3 +83,10 @@ def test_env_example_has_the_seed_connection_strings() -> None:
     assert lines["CELERY_BROKER_URL"].endswith("@redis-broker:6379/1")
     assert lines["CELERY_RESULT_BACKEND"] == lines["CELERY_BROKER_URL"]
     assert lines["ONDOKI_ENV"] == "production"
+    assert lines["DATABASE_URL"].startswith("postgresql://ondoki:")
+    assert lines["DATABASE_URL"].endswith("@postgres:5432/ondoki")
+    # What the file sets is a production configuration ondoki accepts.
+    from ondoki.support.settings import load_settings
+
+    environ = {k: v for k, v in lines.items() if not k.endswith("_PASSWORD")}
+    assert load_settings(environ).database_url == lines["DATABASE_URL"]

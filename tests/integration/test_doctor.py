@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.process import clean_env
+from tests.postgres_server import PostgresServer, throwaway_database
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -48,14 +49,28 @@ def healthy() -> Iterator[RedisServer]:
     server.close()
 
 
-def test_healthy_server_passes(healthy: RedisServer) -> None:
-    status, findings, text = doctor(REDIS_URL=healthy.url(0))
+@pytest.mark.postgres
+def test_healthy_server_passes(healthy: RedisServer, database_url: str) -> None:
+    status, findings, text = doctor(REDIS_URL=healthy.url(0), DATABASE_URL=database_url)
     assert status == 0, text
     assert {f["severity"] for f in findings} <= {"ok", "info"}
     checks = {(f["target"], f["check"]) for f in findings}
     for check in ["reachable", "version", "pubsub", "eviction", "persistence", "pubsub-buffer"]:
         assert ("cache", check) in checks or ("broker", check) in checks
     assert ("broker", "reachable") in checks
+    for check in ["reachable", "version", "schema"]:
+        assert ("database", check) in checks
+
+
+def test_redis_without_a_database_warns_that_sessions_are_ephemeral(
+    healthy: RedisServer,
+) -> None:
+    status, findings, text = doctor(REDIS_URL=healthy.url(0))
+    assert status == 0, text
+    sessions = finding(findings, "database", "sessions")
+    assert sessions["severity"] == "warning"
+    assert "do not survive a Redis restart" in sessions["message"]
+    assert "DATABASE_URL" in sessions["fix"]
     assert PASSWORD not in text and PASSWORD not in json.dumps(findings)
 
 
@@ -127,10 +142,31 @@ def test_result_backend_is_reported_as_accepted_for_compatibility(healthy: Redis
     assert note["severity"] == "info"
     assert "CELERY_RESULT_BACKEND" in note["message"]
     assert "nothing is stored there" in note["message"]
-    assert {f["target"] for f in findings} == {"cache", "broker", "settings"}
+    # No result-backend target; "database" says sessions need DATABASE_URL to be durable.
+    assert {f["target"] for f in findings} == {"cache", "broker", "settings", "database"}
 
 
 def test_memory_mode_has_nothing_to_check() -> None:
     status, findings, _ = doctor()
     assert status == 0
     assert findings[0]["severity"] == "info"
+
+
+@pytest.mark.postgres
+def test_database_wrong_password_and_schema_behind() -> None:
+    server = PostgresServer(password=PASSWORD).start()
+    try:
+        with throwaway_database(server.url()) as url:
+            status, findings, text = doctor(DATABASE_URL=url.replace(PASSWORD, "wrong-one"))
+            assert status == 1
+            auth = finding(findings, "database", "auth")
+            assert auth["severity"] == "error" and "password" in auth["fix"]
+            assert "wrong-one" not in text and "wrong-one" not in json.dumps(findings)
+            status, findings, text = doctor(DATABASE_URL=url)
+            assert status == 1
+            assert finding(findings, "database", "reachable")["severity"] == "ok"
+            schema = finding(findings, "database", "schema")
+            assert schema["severity"] == "error" and "ondoki migrate" in schema["fix"]
+            assert PASSWORD not in text and PASSWORD not in json.dumps(findings)
+    finally:
+        server.close()

@@ -70,3 +70,11 @@ def test_tracebacks_are_redacted() -> None:
         logger.exception("boom")
     assert "s3cr3t-value" not in stream.getvalue()
     assert "RuntimeError" in stream.getvalue()
+
+
+def test_database_url_password_is_redacted() -> None:
+    url = "postgresql://ondoki:s3cr%2Ft-pw@db:5432/ondoki?sslmode=require"
+    redact = Redactor(secrets_of([url]))
+    line = redact(f"connecting to {url}; password s3cr/t-pw rejected")
+    assert "s3cr" not in line
+    assert "postgresql://ondoki:***@db:5432/ondoki" in line

@@ -168,7 +168,11 @@ def test_env_names() -> None:
     assert env_name("media_dir") == "ONDOKI_MEDIA_DIR"
 
 
-PROD = {"ONDOKI_ENV": "production", "ONDOKI_API_KEY": "prod-key-0123456789"}
+PROD = {
+    "ONDOKI_ENV": "production",
+    "ONDOKI_API_KEY": "prod-key-0123456789",
+    "DATABASE_URL": "postgresql://ondoki:pw@db:5432/ondoki",
+}
 
 
 @pytest.mark.parametrize(
@@ -186,6 +190,21 @@ PROD = {"ONDOKI_ENV": "production", "ONDOKI_API_KEY": "prod-key-0123456789"}
             "CELERY_BROKER_URL",
             "no password",
         ),
+        (
+            {**PROD, "REDIS_URL": "redis://:pw@r/0", "DATABASE_URL": ""},
+            "DATABASE_URL",
+            "ONDOKI_ALLOW_EPHEMERAL_SESSIONS",
+        ),
+        (
+            {
+                **PROD,
+                "REDIS_URL": "redis://r/0",
+                "ONDOKI_ALLOW_PASSWORDLESS_REDIS": "true",
+                "DATABASE_URL": "",
+            },
+            "DATABASE_URL",
+            "a Redis restart logs everyone out",
+        ),
     ],
 )
 def test_production_refusals(environ: dict[str, str], variable: str, says: str) -> None:
@@ -202,6 +221,11 @@ def test_production_refusals(environ: dict[str, str], variable: str, says: str) 
         {"REDIS_URL": "redis://user:pw@r/0"},
         {"REDIS_URL": "unix:///run/redis.sock?password=pw"},
         {"REDIS_URL": "redis://r/0", "ONDOKI_ALLOW_PASSWORDLESS_REDIS": "true"},
+        {
+            "REDIS_URL": "redis://:pw@r/0",
+            "DATABASE_URL": "",
+            "ONDOKI_ALLOW_EPHEMERAL_SESSIONS": "1",
+        },
     ],
 )
 def test_production_accepts(extra: dict[str, str]) -> None:
@@ -312,3 +336,36 @@ def test_cli_refuses_a_bad_command_line_with_one_line_and_exit_2(
     assert exited.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("ondoki") and names in line
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://u:hunter2-secret@db/x",
+        "postgresql://u:hunter2-secret@db:port/x",
+        "hunter2-secret",
+    ],
+)
+def test_bad_database_url_is_refused_without_showing_it(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"DATABASE_URL": url})
+    assert caught.value.variable == "DATABASE_URL"
+    assert "hunter2-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://ondoki:pw@db:5432/ondoki",
+        "postgres://ondoki@db/ondoki?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+        "postgresql://ondoki@/ondoki?host=/var/run/postgresql",
+    ],
+)
+def test_database_urls_accepted(url: str) -> None:
+    assert load_settings({"DATABASE_URL": url}).database_url == url
+
+
+def test_database_password_is_redacted_in_describe() -> None:
+    settings = load_settings({"DATABASE_URL": "postgresql://ondoki:hunter2@db/ondoki"})
+    assert settings.describe()["database_url"] == "postgresql://ondoki:***@db/ondoki"
+    assert env_name("database_url") == "DATABASE_URL"
