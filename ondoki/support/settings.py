@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -75,6 +76,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     memory_cache_max_bytes: Positive = 64 * 1024 * 1024
     redis_timeout_seconds: Seconds = 5.0
 
+    # Browsers and apps: cross-origin access, signed frame URLs.
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+    url_signing_key: str | None = None
+    frame_url_ttl_seconds: Seconds = 3_600.0
+
     @property
     def uses_redis(self) -> bool:
         return self.redis_url is not None
@@ -97,14 +103,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name in _SEED_NAMES:
             if shown[name] is not None:
                 shown[name] = redact_url(shown[name])
-        if shown["api_key"] is not None:
-            shown["api_key"] = "***"
+        for secret in ("api_key", "url_signing_key"):
+            if shown[secret] is not None:
+                shown[secret] = "***"
         return shown
 
 
 # Variables that were read once, and what replaced them: silently ignoring one would leave
 # an operator believing it still applies.
 _RENAMED = {"ONDOKI_WS_QUEUE_SIZE": "ONDOKI_WS_SEND_BUFFER_BYTES (a bound in bytes)"}
+
+# Settings that are lists: comma-separated in the environment, arrays in TOML.
+_LIST_FIELDS = frozenset({"cors_origins"})
 
 
 def env_name(field: str) -> str:
@@ -150,11 +160,14 @@ def load_settings(
         raw = environ.get(env_name(field))
         if raw is None or raw == "":
             continue
+        value: str | list[str] = raw
+        if field in _LIST_FIELDS:
+            value = [part.strip() for part in raw.split(",") if part.strip()]
         try:
-            msgspec.convert({field: raw}, Settings, strict=False)
+            msgspec.convert({field: value}, Settings, strict=False)
         except msgspec.ValidationError as exc:
             raise ConfigError(env_name(field), _problem(exc)) from None
-        values[field] = raw
+        values[field] = value
 
     settings = msgspec.convert(values, Settings, strict=False)
     _check(settings)
@@ -195,6 +208,7 @@ def _check(settings: Settings) -> None:
         raise ConfigError("ONDOKI_API_KEY", "must be at least 16 characters")
     if settings.env == "production":
         _check_production(settings)
+    _check_browser(settings)
     if settings.worker_requeue_interval_seconds * 2 > settings.worker_heartbeat_timeout_seconds:
         raise ConfigError(
             "ONDOKI_WORKER_REQUEUE_INTERVAL_SECONDS",
@@ -211,6 +225,29 @@ def _check(settings: Settings) -> None:
             "ONDOKI_WS_SEND_BUFFER_BYTES",
             "is smaller than ONDOKI_NOTIFICATION_MAX_BYTES (one event would close its clients)",
         )
+
+
+_ORIGIN = re.compile(
+    r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
+
+
+def _check_browser(settings: Settings) -> None:
+    for origin in settings.cors_origins:
+        if origin == "*":
+            if settings.env == "production":
+                raise ConfigError(
+                    "ONDOKI_CORS_ORIGINS",
+                    "`*` is allowed in development only; list the origins of your web apps",
+                )
+        elif not _ORIGIN.match(origin):
+            raise ConfigError(
+                "ONDOKI_CORS_ORIGINS",
+                f"{origin[:64]!r} is not an origin (expected scheme://host[:port], no path)",
+            )
+    key = settings.url_signing_key
+    if key is not None and len(key) < 32:
+        raise ConfigError("ONDOKI_URL_SIGNING_KEY", "must be at least 32 characters")
 
 
 def _check_url(variable: str, url: str) -> None:
@@ -246,6 +283,12 @@ def _check_production(settings: Settings) -> None:
             "REDIS_URL",
             "is required when ONDOKI_ENV=production (the in-memory adapters keep sessions, "
             "notifications and jobs inside one process)",
+        )
+    if settings.url_signing_key is None:
+        raise ConfigError(
+            "ONDOKI_URL_SIGNING_KEY",
+            "is required when ONDOKI_ENV=production (every instance must sign frame URLs "
+            "with the same key)",
         )
     if settings.allow_passwordless_redis:
         return

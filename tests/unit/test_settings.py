@@ -121,10 +121,11 @@ def test_describe_redacts_every_secret() -> None:
             "REDIS_URL": "redis://:pw-one@cache/0",
             "CELERY_BROKER_URL": "redis://user:pw-two@broker/1",
             "ONDOKI_API_KEY": "a-very-secret-api-key",
+            "ONDOKI_URL_SIGNING_KEY": "a-very-secret-signing-key-0123456789",
         }
     )
     shown = repr(settings.describe())
-    for secret in ("pw-one", "pw-two", "a-very-secret-api-key"):
+    for secret in ("pw-one", "pw-two", "a-very-secret-api-key", "signing-key-0123"):
         assert secret not in shown
 
 
@@ -162,7 +163,11 @@ def test_env_names() -> None:
     assert env_name("media_dir") == "ONDOKI_MEDIA_DIR"
 
 
-PROD = {"ONDOKI_ENV": "production", "ONDOKI_API_KEY": "prod-key-0123456789"}
+PROD = {
+    "ONDOKI_ENV": "production",
+    "ONDOKI_API_KEY": "prod-key-0123456789",
+    "ONDOKI_URL_SIGNING_KEY": "prod-signing-key-0123456789abcdef",
+}
 
 
 @pytest.mark.parametrize(
@@ -179,6 +184,16 @@ PROD = {"ONDOKI_ENV": "production", "ONDOKI_API_KEY": "prod-key-0123456789"}
             {**PROD, "REDIS_URL": "redis://:pw@r/0", "CELERY_BROKER_URL": "redis://b/1"},
             "CELERY_BROKER_URL",
             "no password",
+        ),
+        (
+            {**PROD, "REDIS_URL": "redis://:pw@r/0", "ONDOKI_URL_SIGNING_KEY": ""},
+            "ONDOKI_URL_SIGNING_KEY",
+            "required",
+        ),
+        (
+            {**PROD, "REDIS_URL": "redis://:pw@r/0", "ONDOKI_CORS_ORIGINS": "*"},
+            "ONDOKI_CORS_ORIGINS",
+            "development only",
         ),
     ],
 )
@@ -229,3 +244,26 @@ def test_a_password_with_a_slash_is_still_redacted() -> None:
     redactor = Redactor(secrets_of([url]))
     assert "s3cr3tPW" not in redactor(f"connecting to {url} failed: s3cr3tPW/x9")
     assert "s3cr3tPW" not in Redactor()(f"connecting to {url}")
+
+
+def test_cors_origins_are_a_comma_separated_list() -> None:
+    settings = load_settings(
+        {"ONDOKI_CORS_ORIGINS": "https://app.example.com, http://localhost:5173"}
+    )
+    assert settings.cors_origins == ["https://app.example.com", "http://localhost:5173"]
+    assert load_settings({"ONDOKI_CORS_ORIGINS": "*"}).cors_origins == ["*"]
+    assert load_settings({}).cors_origins == []
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"ONDOKI_CORS_ORIGINS": "https://app.example.com/path"}, "ONDOKI_CORS_ORIGINS"),
+        ({"ONDOKI_CORS_ORIGINS": "app.example.com"}, "ONDOKI_CORS_ORIGINS"),
+        ({"ONDOKI_URL_SIGNING_KEY": "short"}, "ONDOKI_URL_SIGNING_KEY"),
+    ],
+)
+def test_browser_settings_refusals(environ: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    assert caught.value.variable == variable
