@@ -19,7 +19,12 @@ from ondoki import errors
 from ondoki.entrypoints.services import Services
 from ondoki_adapters.web.cors import cors_middleware
 from ondoki_adapters.web.direct import DirectFrames
-from ondoki_adapters.web.http import MalformedBody, UnsupportedMediaType, error_response
+from ondoki_adapters.web.http import (
+    MalformedBody,
+    UnsupportedMediaType,
+    UpgradeRequired,
+    error_response,
+)
 from ondoki_adapters.web.metrics import MetricsEndpoint
 from ondoki_adapters.web.observe import HttpMetrics, RequestContext
 from ondoki_adapters.web.routes import routes
@@ -37,6 +42,7 @@ _STATUS: list[tuple[type[errors.OndokiError], int]] = [
     (UnsupportedMediaType, 415),
     (errors.UnsupportedMedia, 415),
     (errors.InvalidInput, 422),
+    (UpgradeRequired, 426),
     (errors.BackendError, 503),
 ]
 

@@ -15,15 +15,18 @@ from ondoki.domain.imports import public
 from ondoki.domain.sessions import session_id
 from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge
 from ondoki.models import JobRecord
+from ondoki_adapters.web import wire
 from ondoki_adapters.web.auth import require_api_key, require_session, services
 from ondoki_adapters.web.http import (
     UnsupportedMediaType,
+    UpgradeRequired,
     check_json,
     json_response,
     read_body,
     read_json,
     require_json,
 )
+from ondoki_adapters.web.openapi import ApiDocs
 from ondoki_adapters.web.ws import websocket_endpoint
 
 READY_TIMEOUT = 2.0
@@ -33,51 +36,38 @@ def _time(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-class CreateSession(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: str
-    data: dict[str, Any] | None = None
-    ttl_seconds: float | None = None
-
-
-class PublishNotification(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: str
-    type: str
-    data: Any = None
-    id: str | None = None
-
-
 async def healthz(request: Request) -> Response:
-    return json_response({"status": "ok"})
+    return json_response(wire.Health("ok"))
 
 
 async def readyz(request: Request) -> Response:
-    parts: dict[str, dict[str, Any]] = {}
+    parts: dict[str, wire.PartStatus] = {}
 
     async def check(name: str, ping: Any) -> None:
         try:
             with anyio.fail_after(READY_TIMEOUT):
                 await ping()
         except TimeoutError:
-            parts[name] = {"ok": False, "error": f"no answer within {READY_TIMEOUT:g}s"}
+            parts[name] = wire.PartStatus(False, f"no answer within {READY_TIMEOUT:g}s")
         except OndokiError as exc:
-            parts[name] = {"ok": False, "error": str(exc)}
+            parts[name] = wire.PartStatus(False, str(exc))
         else:
-            parts[name] = {"ok": True}
+            parts[name] = wire.PartStatus(True)
 
     async with anyio.create_task_group() as tasks:
         for name, part in services(request).parts.items():
             tasks.start_soon(check, name, part.ping)
-    ready = all(part["ok"] for part in parts.values())
-    body = {"status": "ready" if ready else "unavailable", "parts": dict(sorted(parts.items()))}
+    ready = all(part.ok for part in parts.values())
+    body = wire.Readiness("ready" if ready else "unavailable", dict(sorted(parts.items())))
     return json_response(body, 200 if ready else 503)
 
 
 async def create_session(request: Request) -> Response:
     require_api_key(request)
     found = services(request)
-    body = await read_json(request, CreateSession, limit=found.settings.max_json_body_bytes)
+    body = await read_json(request, wire.CreateSession, limit=found.settings.max_json_body_bytes)
     token, expires_at = await found.sessions.create(body.user_id, body.data, body.ttl_seconds)
-    return json_response({"token": token, "expires_at": _time(expires_at)}, 201)
+    return json_response(wire.SessionCreated(token, _time(expires_at)), 201)
 
 
 async def my_session(request: Request) -> Response:
@@ -89,21 +79,20 @@ async def my_session(request: Request) -> Response:
         await found.notifications.end_session(session.user_id, session_id(token))
         return Response(status_code=204)
     return json_response(
-        {
-            "user_id": session.user_id,
-            "data": session.data,
-            "created_at": _time(session.created_at),
-            "expires_at": _time(expires_at),
-        }
+        wire.SessionView(
+            session.user_id, session.data, _time(session.created_at), _time(expires_at)
+        )
     )
 
 
 async def publish_notification(request: Request) -> Response:
     require_api_key(request)
     found = services(request)
-    body = await read_json(request, PublishNotification, limit=found.settings.max_json_body_bytes)
+    body = await read_json(
+        request, wire.PublishNotification, limit=found.settings.max_json_body_bytes
+    )
     position = await found.notifications.publish(body.user_id, body.type, body.data, id=body.id)
-    return json_response({"epoch": position.epoch, "offset": position.offset}, 202)
+    return json_response(position, 202)
 
 
 async def _owned_job(request: Request) -> JobRecord:
@@ -140,7 +129,7 @@ async def create_import(request: Request) -> Response:
     job_id = await found.imports.known(session.user_id, key)
     if job_id is None:
         job_id = await found.imports.upload(session.user_id, request.stream(), idempotency_key=key)
-    return json_response({"job_id": job_id}, 202, {"Location": f"/jobs/{job_id}"})
+    return json_response(wire.ImportAccepted(job_id), 202, {"Location": f"/jobs/{job_id}"})
 
 
 async def import_guide(request: Request) -> Response:
@@ -150,9 +139,10 @@ async def import_guide(request: Request) -> Response:
         return FileResponse(directory / "guide.md", media_type="text/markdown; charset=utf-8")
     base = f"/imports/{record.id}/"
     steps = [
-        {**msgspec.structs.asdict(step), "frame_url": base + step.frame} for step in guide.steps
+        wire.GuideStepView(**msgspec.structs.asdict(step), frame_url=base + step.frame)
+        for step in guide.steps
     ]
-    return json_response({**msgspec.structs.asdict(guide), "steps": steps})
+    return json_response(wire.GuideView(**{**msgspec.structs.asdict(guide), "steps": steps}))
 
 
 async def import_frame(request: Request) -> Response:
@@ -169,7 +159,7 @@ async def dead_jobs(request: Request) -> Response:
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         raise InvalidInput("limit must be an integer from 1 to 1000")
     dead = await services(request).jobs.dead(limit=int(raw))
-    return json_response({"jobs": [public(record) for record in dead]})
+    return json_response(wire.DeadJobs([public(record) for record in dead]))
 
 
 async def retry_job(request: Request) -> Response:
@@ -197,13 +187,19 @@ async def state(request: Request) -> Response:
         body = await read_body(request, limit=found.settings.state_max_bytes)
         check_json(body)
         expires_at = await found.state.put(session.user_id, key, body, _ttl_param(request))
-        return json_response({"key": key, "expires_at": _time(expires_at)})
+        return json_response(wire.StateWritten(key, _time(expires_at)))
     if request.method == "DELETE":
         await found.state.delete(session.user_id, key)
         return Response(status_code=204)
     value = await found.state.get(session.user_id, key)
     return Response(value, media_type="application/json")
 
+
+async def websocket_only(request: Request) -> Response:
+    raise UpgradeRequired("/ws is a WebSocket: connect with a WebSocket client")
+
+
+docs = ApiDocs()
 
 routes = [
     Route("/healthz", healthz, methods=["GET"]),
@@ -219,4 +215,8 @@ routes = [
     Route("/imports/{job_id}/frames/{name}", import_frame, methods=["GET"]),
     Route("/internal/jobs/{job_id}/retry", retry_job, methods=["POST"]),
     WebSocketRoute("/ws", websocket_endpoint),
+    Route("/ws", websocket_only, methods=["GET"]),
+    Route("/openapi.json", docs.openapi, methods=["GET"]),
+    Route("/docs", docs.page, methods=["GET"]),
+    Route("/docs/assets/{name}", docs.asset, methods=["GET"]),
 ]
