@@ -65,8 +65,10 @@ def assert_clean_logs(text: str, source: str) -> None:
 class ServeProcess:
     """One `python -m ondoki serve` on a free port; its stderr is kept in a file."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], *args: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self, workdir: Path, env: dict[str, str], *args: str, port: int | None = None
+    ) -> None:
+        self.port = free_port() if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"serve-{self.port}.log"
         command = [sys.executable, "-m", "ondoki", "serve", "--port", str(self.port), *args]
