@@ -19,6 +19,7 @@ from ondoki.domain.jobs import JobKinds, register_demo_kinds
 from ondoki.domain.namespaces import NamespacedCache
 from ondoki.domain.notifications import NotificationHub, job_notifier
 from ondoki.domain.sessions import Sessions
+from ondoki.domain.signed_urls import UrlSigner
 from ondoki.domain.state import TemporaryState
 from ondoki.entrypoints.services import Services
 from ondoki.errors import ConfigError, OndokiError
@@ -48,6 +49,16 @@ def resolve_api_key(settings: Settings) -> str:
     # Printed, not logged: the operator needs it once, log collectors never should.
     print(f"ondoki: development API key (set ONDOKI_API_KEY to choose one): {key}", file=sys.stderr)
     return key
+
+
+def resolve_signing_key(settings: Settings) -> str:
+    """The configured URL signing key; in development a generated one (this process's own:
+    set ONDOKI_URL_SIGNING_KEY to share one between instances), never in production."""
+    if settings.url_signing_key is not None:
+        return settings.url_signing_key
+    if settings.env == "production":  # load_settings refuses this; a hand-built Settings may not
+        raise ConfigError("ONDOKI_URL_SIGNING_KEY", "is required when ONDOKI_ENV=production")
+    return secrets.token_urlsafe(32)
 
 
 def check_backend(settings: Settings, library: str | None = None) -> None:
@@ -216,6 +227,7 @@ async def open_services(
             notifications=hub,
             jobs=jobs,
             imports=imports,
+            urls=UrlSigner(resolve_signing_key(settings), ttl=settings.frame_url_ttl_seconds),
             parts={"cache": cache, "pubsub": pubsub, "jobs": jobs},
         )
         yield services

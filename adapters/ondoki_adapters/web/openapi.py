@@ -19,7 +19,7 @@ from ondoki.errors import NotFound
 from ondoki.models import JobRecord, Position
 from ondoki_adapters.web import wire
 
-Auth = Literal["none", "api_key", "session", "signature"]
+Auth = Literal["none", "api_key", "session"]
 
 #: Error statuses and what they mean, for every operation that can answer them.
 _ERRORS = {
@@ -87,8 +87,8 @@ _LIMIT = Param(
     "limit", "query", "how many, newest first", {"type": "integer", "minimum": 1, "maximum": 1000}
 )
 _SIGNATURE = (
-    Param("expires", "query", "when the URL stops working (Unix seconds)", required=True),
-    Param("signature", "query", "the URL's HMAC", required=True),
+    Param("expires", "query", "when the signed URL stops working (Unix seconds)"),
+    Param("signature", "query", "the signed URL's HMAC"),
 )
 _BODY = (400, 413, 415, 422)
 
@@ -134,7 +134,10 @@ OPERATIONS: tuple[Operation, ...] = (
               ok_media=("application/json", "text/markdown", "text/html"),
               params=(_GUIDE_FORMAT,), errors=(404, 409, 422)),
     Operation("get", "/imports/{job_id}/frames/{name}", "A step's picture", "session",
-              response=bytes, ok_media=("image/jpeg",), errors=(404, 409)),
+              response=bytes, ok_media=("image/jpeg",), params=_SIGNATURE,
+              errors=(403, 404, 409),
+              description="With the `frame_url` of a guide (signed: no credentials needed, "
+              "403 when changed or expired), or with the owner's session."),
     Operation("get", "/ws", "The notification WebSocket", "none", ok=101,
               errors=(426,),
               description="Connect with a WebSocket client; see docs/websocket.md. A plain "

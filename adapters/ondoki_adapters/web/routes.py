@@ -138,19 +138,32 @@ async def import_guide(request: Request) -> Response:
     if request.query_params.get("format") == "md":
         return FileResponse(directory / "guide.md", media_type="text/markdown; charset=utf-8")
     base = f"/imports/{record.id}/"
+    urls = services(request).urls
     steps = [
-        wire.GuideStepView(**msgspec.structs.asdict(step), frame_url=base + step.frame)
+        wire.GuideStepView(**msgspec.structs.asdict(step), frame_url=urls.sign(base + step.frame))
         for step in guide.steps
     ]
     return json_response(wire.GuideView(**{**msgspec.structs.asdict(guide), "steps": steps}))
 
 
 async def import_frame(request: Request) -> Response:
-    record = await _owned_job(request)
-    imports = services(request).imports
-    guide, directory = await imports.guide(record)
-    path = imports.frame(guide, directory, "frames/" + request.path_params["name"])
-    return FileResponse(path, media_type="image/jpeg")
+    found = services(request)
+    job_id, name = request.path_params["job_id"], request.path_params["name"]
+    query = request.query_params
+    if "signature" in query or "expires" in query:
+        # A signed URL is its own credential (an <img> sends no Authorization header).
+        found.urls.verify(
+            f"/imports/{job_id}/frames/{name}", query.get("expires"), query.get("signature")
+        )
+        record = await found.jobs.get(job_id)
+    else:
+        record = await _owned_job(request)
+    guide, directory = await found.imports.guide(record)
+    path = found.imports.frame(guide, directory, "frames/" + name)
+    # Private: the URL is a capability; the picture never changes, but the URL expires.
+    return FileResponse(
+        path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"}
+    )
 
 
 async def dead_jobs(request: Request) -> Response:
