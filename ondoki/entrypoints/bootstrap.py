@@ -14,7 +14,8 @@ import anyio
 import anyio.abc
 import sniffio
 
-from ondoki.domain.imports import Imports, public
+from ondoki.domain.imports import Imports
+from ondoki.domain.job_view import for_owner
 from ondoki.domain.jobs import JobKinds, register_demo_kinds
 from ondoki.domain.namespaces import NamespacedCache
 from ondoki.domain.notifications import NotificationHub, job_notifier
@@ -192,7 +193,7 @@ async def open_services(
             stack.push_async_callback(pubsub.aclose)
         await tasks.start(pubsub.run)
         hub = hub_for(settings, pubsub)
-        jobs = build_jobs(settings, kinds or build_kinds(settings), job_notifier(hub, public))
+        jobs = build_jobs(settings, kinds or build_kinds(settings), job_notifier(hub, for_owner))
         stack.push_async_callback(jobs.aclose)
         if isinstance(jobs, Runnable):
             # The memory queue runs jobs inside this process (the embedded default).
@@ -276,7 +277,7 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
             settings.broker,
             kinds=kinds,
             queues=queues,
-            notify=job_notifier(hub_for(settings, pubsub), public),
+            notify=job_notifier(hub_for(settings, pubsub), for_owner),
             namespace=settings.namespace,
             threads=1,
             record_ttl=settings.job_record_ttl_seconds,

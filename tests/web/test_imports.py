@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,6 +97,10 @@ def test_upload_runs_the_import_and_serves_the_guide(app: App, video: bytes) -> 
     record = app.wait(job_id, alice, "succeeded", "dead")
     assert record["state"] == "succeeded", record
     assert record["progress"] == 1.0 and record["owner"] == "alice"
+    assert record["stage"] is None  # cleared on success
+    # Times are RFC 3339 in UTC, like every other time in a response.
+    for field in ("created_at", "updated_at", "started_at", "finished_at"):
+        assert datetime.fromisoformat(record[field]).tzinfo is not None, field
     # The result names the guide by URL, never by the server's file path.
     assert record["result"]["guide"] == f"/imports/{job_id}/guide"
 
@@ -194,7 +199,7 @@ def test_truncated_video_is_refused_with_the_reason(app: App, video: bytes) -> N
         "/imports", content=video[: len(video) // 3], headers={**alice, "Content-Type": "video/mp4"}
     )
     error = error_of(response, 415)
-    assert error["code"] == "unsupported_media"
+    assert error["code"] == "unsupported_media_type"
     assert app.uploads() == []
 
 

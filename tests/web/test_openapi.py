@@ -54,7 +54,7 @@ def test_request_and_response_schemas_come_from_the_models(api: Api) -> None:
     created = create["responses"]["201"]["content"]["application/json"]["schema"]
     props = schemas[created["$ref"].rsplit("/", 1)[1]]["properties"]
     assert props["expires_at"] == {"type": "string", "format": "date-time"}
-    assert "JobRecord" in schemas and "GuideView" in schemas
+    assert "JobView" in schemas and "GuideView" in schemas
 
 
 def test_the_docs_page_loads_only_its_own_assets(api: Api) -> None:

@@ -15,8 +15,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 
+from ondoki.domain.job_view import JobView
 from ondoki.errors import NotFound
-from ondoki.models import JobRecord, Position
+from ondoki.models import Position
 from ondoki_adapters.web import wire
 
 Auth = Literal["none", "api_key", "session"]
@@ -117,13 +118,13 @@ OPERATIONS: tuple[Operation, ...] = (
               "api_key", ok=202, response=Position, body=wire.PublishNotification,
               errors=_BODY),
     Operation("get", "/jobs/{job_id}", "A job of the caller's", "session",
-              response=JobRecord, errors=(404,)),
+              response=JobView, errors=(404,)),
     Operation("delete", "/jobs/{job_id}", "Cancel a job of the caller's", "session",
-              response=JobRecord, errors=(404, 409)),
+              response=JobView, errors=(404, 409)),
     Operation("get", "/internal/jobs/dead", "Dead jobs, newest first", "api_key",
               response=wire.DeadJobs, params=(_LIMIT,), errors=(422,)),
     Operation("post", "/internal/jobs/{job_id}/retry", "Replay a dead job", "api_key",
-              ok=202, response=JobRecord, errors=(404, 409)),
+              ok=202, response=JobView, errors=(404, 409)),
     Operation("post", "/imports", "Upload a video to turn into a guide", "session",
               ok=202, response=wire.ImportAccepted, body="binary",
               body_media=("video/*", "application/octet-stream"), params=(_IDEMPOTENCY,),

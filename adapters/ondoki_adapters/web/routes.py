@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from ondoki.domain.imports import public
+from ondoki.domain.job_view import job_view
 from ondoki.domain.sessions import session_id
 from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge
 from ondoki.models import JobRecord
@@ -108,7 +108,7 @@ async def job(request: Request) -> Response:
     record = await _owned_job(request)
     if request.method == "DELETE":
         record = await services(request).jobs.cancel(record.id)
-    return json_response(public(record))
+    return json_response(job_view(record))
 
 
 _VIDEO_TYPES = ("video/", "application/octet-stream")
@@ -172,13 +172,13 @@ async def dead_jobs(request: Request) -> Response:
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         raise InvalidInput("limit must be an integer from 1 to 1000")
     dead = await services(request).jobs.dead(limit=int(raw))
-    return json_response(wire.DeadJobs([public(record) for record in dead]))
+    return json_response(wire.DeadJobs([job_view(record) for record in dead]))
 
 
 async def retry_job(request: Request) -> Response:
     require_api_key(request)
     record = await services(request).jobs.retry(request.path_params["job_id"])
-    return json_response(public(record), 202)
+    return json_response(job_view(record), 202)
 
 
 def _ttl_param(request: Request) -> float | None:

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from ondoki.domain.job_view import JobView
 from ondoki.media import Guide, GuideStep
-from ondoki.models import JobRecord
 
 #: Every time in a response: RFC 3339 in UTC, e.g. `2026-11-28T09:00:00Z`.
 Timestamp = Annotated[datetime, msgspec.Meta(extra_json_schema={"format": "date-time"})]
@@ -90,7 +90,7 @@ class ImportAccepted(msgspec.Struct):
 
 
 class DeadJobs(msgspec.Struct):
-    jobs: list[JobRecord]
+    jobs: list[JobView]
 
 
 class GuideStepView(GuideStep, kw_only=True):
