@@ -80,6 +80,19 @@ _IDEMPOTENCY = Param(
     "Idempotency-Key", "header", "1-128 visible ASCII characters: the same key again returns "
     "the first job", {"type": "string", "pattern": "^[\\x21-\\x7e]{1,128}$"},
 )  # fmt: skip
+_TITLE = Param("title", "query", "the guide's title (default: the video's file name)")
+_DISPOSITION = Param(
+    "Content-Disposition", "header", 'names the video, e.g. `attachment; filename="demo.mp4"`'
+)
+_UPLOAD_FORM: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "video": {"type": "string", "format": "binary"},
+        "captions": {"type": "string", "format": "binary", "description": ".srt or .vtt"},
+        "title": {"type": "string"},
+    },
+    "required": ["video"],
+}
 _GUIDE_FORMAT = Param(
     "format", "query", "`json` (default), `md` (Markdown) or `html` (a page to read)",
     {"enum": ["json", "md", "html"]},
@@ -127,9 +140,12 @@ OPERATIONS: tuple[Operation, ...] = (
               ok=202, response=JobView, errors=(404, 409)),
     Operation("post", "/imports", "Upload a video to turn into a guide", "session",
               ok=202, response=wire.ImportAccepted, body="binary",
-              body_media=("video/*", "application/octet-stream"), params=(_IDEMPOTENCY,),
-              errors=(413, 415, 422),
-              description="The body is the video itself; it is streamed to disk."),
+              body_media=("video/*", "application/octet-stream", "multipart/form-data"),
+              params=(_IDEMPOTENCY, _TITLE, _DISPOSITION), errors=(400, 413, 415, 422),
+              description="The body is the video itself, or a form (what a browser sends) "
+              "with the `video` file, an optional `captions` file (.srt or .vtt) and an "
+              "optional `title`; either way it is streamed to disk. The guide's title is the "
+              "form's `title`, else `?title=`, else the video's file name."),
     Operation("get", "/imports/{job_id}/guide", "An import's guide", "session",
               response=wire.GuideView,
               ok_media=("application/json", "text/markdown", "text/html"),
@@ -159,6 +175,8 @@ _REF = "#/components/schemas/{name}"
 def _content_schema(kind: Any, schemas: dict[Any, dict[str, Any]], media: str) -> dict[str, Any]:
     if kind is Any:
         return dict(_ANY_JSON)
+    if media == "multipart/form-data":
+        return _UPLOAD_FORM
     if kind is bytes or kind == "binary":
         return {"type": "string", "format": "binary"}
     if kind is str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from ondoki.domain.imports import UploadDetails
 from ondoki.domain.job_view import job_view
 from ondoki.domain.sessions import session_id
 from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge
@@ -26,6 +28,7 @@ from ondoki_adapters.web.http import (
     read_json,
     require_json,
 )
+from ondoki_adapters.web.multipart import FormUpload, disposition_filename, filename_stem
 from ondoki_adapters.web.openapi import ApiDocs
 from ondoki_adapters.web.ws import websocket_endpoint
 
@@ -118,17 +121,30 @@ async def create_import(request: Request) -> Response:
     _, session, _ = await require_session(request)
     found = services(request)
     content_type = request.headers.get("content-type", "application/octet-stream")
-    if not content_type.lower().startswith(_VIDEO_TYPES):
+    body: AsyncIterable[bytes]
+    if content_type.lower().startswith("multipart/form-data"):
+        form = FormUpload(request.stream(), content_type)
+        body, details = form, form.details
+    elif content_type.lower().startswith(_VIDEO_TYPES):
+        name = disposition_filename(request.headers.get("content-disposition"))
+        body, details = request.stream(), UploadDetails(title=filename_stem(name))
+    else:
         raise UnsupportedMediaType(
-            f"expected a video body (video/* or application/octet-stream), got {content_type}"
+            "expected a video body (video/* or application/octet-stream) or a "
+            f"multipart/form-data form, got {content_type}"
         )
+    if "title" in request.query_params:
+        # Wins over a file name; a form's own title field (read later) wins over both.
+        details.title = request.query_params["title"]
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > found.imports.max_bytes:
-        raise TooLarge(f"the video is {declared} bytes; the limit is {found.imports.max_bytes}")
+        raise TooLarge(f"the upload is {declared} bytes; the limit is {found.imports.max_bytes}")
     key = request.headers.get("idempotency-key")
     job_id = await found.imports.known(session.user_id, key)
     if job_id is None:
-        job_id = await found.imports.upload(session.user_id, request.stream(), idempotency_key=key)
+        job_id = await found.imports.upload(
+            session.user_id, body, idempotency_key=key, details=details
+        )
     return json_response(wire.ImportAccepted(job_id), 202, {"Location": f"/jobs/{job_id}"})
 
 
