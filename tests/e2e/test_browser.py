@@ -14,6 +14,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
@@ -149,3 +150,40 @@ def test_a_browser_keeps_every_notification_across_a_restart(
     codes = page.evaluate("window.states.filter(s => s.code).map(s => s.code)")
     assert 1012 in codes, codes
     page.evaluate("window.client.stop()")
+
+
+def test_the_readable_guide_shows_its_pictures_in_a_browser(
+    start: Start, page: Page, tmp_path: Path
+) -> None:
+    """The HTML guide, shown from another origin (here: about:blank): its <img> tags load
+    the signed frame URLs without any Authorization header."""
+    from tests.media.generate import Scene, write_video
+
+    server = start(ONDOKI_API_KEY=KEY).wait_ready()  # memory adapters: jobs run in process
+    video = tmp_path / "tour.mp4"
+    write_video(video, [Scene(1.5), Scene(1.5)])
+    auth = {"Authorization": f"Bearer {login(server.url, KEY, 'reader')}"}
+    captions = b"1\n00:00:00,000 --> 00:00:01,400\nOpen the menu.\n"
+    uploaded = httpx.post(
+        f"{server.url}/imports",
+        headers=auth,
+        files={"video": ("Menu tour.mp4", video.read_bytes()), "captions": ("t.srt", captions)},
+        timeout=60,
+    )
+    assert uploaded.status_code == 202, uploaded.text
+    job = uploaded.json()["job_id"]
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{server.url}/jobs/{job}", headers=auth).json()["state"] != "succeeded":
+        assert time.monotonic() < deadline, "the import did not finish"
+        time.sleep(0.1)
+    html = httpx.get(f"{server.url}/imports/{job}/guide?format=html", headers=auth).text
+
+    page.set_content(html)
+    assert page.title() == "Menu tour"
+    loaded = wait_for(
+        page,
+        "[...document.images].length === 2 && "
+        "[...document.images].every(i => i.complete && i.naturalWidth > 0)",
+    )
+    assert loaded
+    assert "Open the menu." in page.inner_text("body")

@@ -3,6 +3,7 @@ raw bodies named by Content-Disposition or ?title=; the guide's title is never "
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -114,3 +115,36 @@ def test_a_malformed_multipart_body(app: App) -> None:
     )
     assert "boundary" in error_of(no_boundary, 400)["message"]
     assert app.uploads() == []
+
+
+def test_the_guide_as_a_page_to_read(app: App, video: bytes) -> None:
+    alice = app.login("alice")
+    response = app.client.post(
+        "/imports",
+        headers=alice,
+        files={
+            "video": ("demo.mp4", video, "video/mp4"),
+            "captions": ("demo.vtt", b"WEBVTT\n\n" + CAPTIONS.replace(b",", b"."), "text/vtt"),
+        },
+        data={"title": "Settings <b>tour</b>"},
+    )
+    job_id = response.json()["job_id"]
+    guide_of(app, alice, response)
+    page = app.client.get(f"/imports/{job_id}/guide?format=html", headers=alice)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    html = page.text
+    assert "<title>Settings &lt;b&gt;tour&lt;/b&gt;</title>" in html  # escaped, never markup
+    assert "<script" not in html and "<link" not in html
+    assert "Open the settings page." in html and "Save your changes." in html
+    sources = re.findall(r'<img src="([^"]+)"', html)
+    assert len(sources) == 3
+    for source in sources:
+        url = source.replace("&amp;", "&")
+        assert url.startswith("http://testserver/imports/") and "signature=" in url
+        picture = app.client.get(url)  # no Authorization header, as an <img> sends
+        assert picture.status_code == 200
+        assert picture.content[:3] == b"\xff\xd8\xff"
+    bad = app.client.get(f"/imports/{job_id}/guide?format=pdf", headers=alice)
+    assert "format" in error_of(bad, 422)["message"]

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import msgspec
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from ondoki.domain.imports import UploadDetails
@@ -19,6 +19,7 @@ from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge
 from ondoki.models import JobRecord
 from ondoki_adapters.web import wire
 from ondoki_adapters.web.auth import require_api_key, require_session, services
+from ondoki_adapters.web.guide_page import render_page
 from ondoki_adapters.web.http import (
     UnsupportedMediaType,
     UpgradeRequired,
@@ -148,13 +149,25 @@ async def create_import(request: Request) -> Response:
     return json_response(wire.ImportAccepted(job_id), 202, {"Location": f"/jobs/{job_id}"})
 
 
+_GUIDE_FORMATS = ("json", "md", "html")
+
+
 async def import_guide(request: Request) -> Response:
+    form = request.query_params.get("format", "json")
+    if form not in _GUIDE_FORMATS:
+        raise InvalidInput(f"format must be json, md or html, got {form[:16]!r}")
     record = await _owned_job(request)
     guide, directory = await services(request).imports.guide(record)
-    if request.query_params.get("format") == "md":
+    if form == "md":
         return FileResponse(directory / "guide.md", media_type="text/markdown; charset=utf-8")
     base = f"/imports/{record.id}/"
     urls = services(request).urls
+    if form == "html":
+        # Absolute picture URLs: an app may show the page from elsewhere (an iframe's srcdoc).
+        origin = str(request.base_url).rstrip("/")
+        page = render_page(guide, lambda frame: origin + urls.sign(base + frame))
+        policy = f"default-src 'none'; img-src {origin}; style-src 'unsafe-inline'"
+        return HTMLResponse(page, headers={"Content-Security-Policy": policy})
     steps = [
         wire.GuideStepView(**msgspec.structs.asdict(step), frame_url=urls.sign(base + step.frame))
         for step in guide.steps
