@@ -27,7 +27,9 @@ CHECKS = ",".join(
 )
 
 
-def schemathesis(url: str, token: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def schemathesis(
+    workdir: Path, url: str, token: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
     command = [
         str(Path(sys.executable).parent / "schemathesis"),
         "run",
@@ -40,16 +42,19 @@ def schemathesis(url: str, token: str, *extra: str) -> subprocess.CompletedProce
         "--header", f"Authorization: Bearer {token}",
         *extra,
     ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    # Run in a scratch directory: schemathesis keeps its example database in the cwd.
+    return subprocess.run(
+        command, cwd=workdir, capture_output=True, text=True, timeout=600, check=False
+    )
 
 
 @pytest.mark.parametrize("credential", ["api_key", "session"])
-def test_generated_requests_break_nothing(start: Start, credential: str) -> None:
+def test_generated_requests_break_nothing(start: Start, credential: str, tmp_path: Path) -> None:
     server = start(ONDOKI_API_KEY=KEY).wait_ready()
     token = KEY if credential == "api_key" else login(server.url, KEY, "alice")
     # Logging out would leave the rest of the session run nothing but 401s.
     extra = ("--exclude-name", "DELETE /sessions/me") if credential == "session" else ()
-    run = schemathesis(server.url, token, *extra)
+    run = schemathesis(tmp_path, server.url, token, *extra)
     report = run.stdout + run.stderr
     assert run.returncode == 0, report
     # Schemathesis leaves out the schema's own URL, /openapi.json.
