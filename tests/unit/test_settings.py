@@ -267,3 +267,12 @@ def test_browser_settings_refusals(environ: dict[str, str], variable: str) -> No
     with pytest.raises(ConfigError) as caught:
         load_settings(environ)
     assert caught.value.variable == variable
+
+
+def test_cors_origins_in_toml_are_an_array(tmp_path: Path) -> None:
+    config = tmp_path / "ondoki.toml"
+    config.write_text('cors_origins = ["https://app.example.com"]\n')
+    assert load_settings({}, config_file=config).cors_origins == ["https://app.example.com"]
+    config.write_text('cors_origins = "https://app.example.com"\n')
+    with pytest.raises(ConfigError):
+        load_settings({}, config_file=config)

@@ -216,6 +216,8 @@ def _operation(op: Operation, schemas: dict[Any, dict[str, Any]]) -> dict[str, A
         out["description"] = op.description
     if op.auth in ("api_key", "session"):
         out["security"] = [{"apiKey" if op.auth == "api_key" else "session": []}]
+        if op.params == _SIGNATURE:
+            out["security"].append({})  # a signed URL needs no credentials
     else:
         out["security"] = []
     params = [
