@@ -35,9 +35,13 @@ class InvalidInput(OndokiError):
 
 
 class UnsupportedMedia(InvalidInput):
-    """The file is not a video ondoki can turn into a guide; `reason` says why."""
+    """The file is not a video ondoki can turn into a guide; `reason` says why.
 
-    code = "unsupported_media"
+    Its code is the one a body of the wrong content type gets: both mean "this endpoint
+    cannot take what you sent" (HTTP 415), and the message says which.
+    """
+
+    code = "unsupported_media_type"
 
     def __init__(self, reason: str, **fields: object) -> None:
         super().__init__(f"unsupported video: {reason}", reason=reason, **fields)

@@ -8,6 +8,7 @@ import secrets
 import shutil
 import time
 from collections.abc import AsyncIterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -24,6 +25,35 @@ from ondoki.ports.media import MediaLimits, VideoProbe
 log = logging.getLogger("ondoki.domain.imports")
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
+
+#: Caption files an upload may carry, and their largest size.
+CAPTION_SUFFIXES = (".srt", ".vtt")
+MAX_CAPTION_BYTES = 8 * 1024 * 1024
+#: A guide's title when the upload names none (never the stored file's name).
+UNTITLED = "Untitled video"
+_TITLE_LENGTH = 200
+
+
+@dataclass
+class UploadDetails:
+    """What may come with a video: its title (e.g. from its file name) and a caption file.
+
+    A multipart body fills this in as it is read, so `Imports.upload` reads it only once
+    the body is exhausted.
+    """
+
+    title: str | None = None
+    captions: bytes | None = None
+    captions_suffix: str = ".srt"
+
+
+def guide_title(raw: str | None) -> str:
+    """`raw` as a title: one line, no control characters, at most 200 characters;
+    `UNTITLED` when nothing is left."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in raw or "").split())
+    return text[:_TITLE_LENGTH].rstrip() or UNTITLED
+
+
 _FRAME_NAME = re.compile(r"frames/step-\d{3,6}\.jpg")
 
 
@@ -97,11 +127,17 @@ class Imports:
         return None if value is None else value.decode()
 
     async def upload(
-        self, user_id: str, body: AsyncIterable[bytes], *, idempotency_key: str | None = None
+        self,
+        user_id: str,
+        body: AsyncIterable[bytes],
+        *,
+        idempotency_key: str | None = None,
+        details: UploadDetails | None = None,
     ) -> str:
         """Store the video, check it, queue its import; the job's id. Raises `TooLarge` past
-        `max_bytes` and `UnsupportedMedia` for what is not an importable video; either
-        way nothing is kept."""
+        `max_bytes`, `UnsupportedMedia` for what is not an importable video and
+        `InvalidInput` for an unusable caption file; either way nothing is kept. `details`
+        (title, captions) is read after `body` is exhausted."""
         key = None if idempotency_key is None else check_key(idempotency_key)
         started = time.time()
         directory = self.root / secrets.token_hex(12)
@@ -109,10 +145,15 @@ class Imports:
         await anyio.Path(directory).mkdir(parents=True)
         try:
             await self._receive(body, source)
+            payload = {
+                "video_path": str(source),
+                "output_dir": str(directory / "guide"),
+                **await self._details(details or UploadDetails(), directory),
+            }
             await anyio.to_thread.run_sync(lambda: self.probe.probe(source, limits=self.limits))
             job_id = await self.jobs.enqueue(
                 KIND,
-                {"video_path": str(source), "output_dir": str(directory / "guide")},
+                payload,
                 queue=QUEUE,
                 owner=user_id,
                 idempotency_key=key,
@@ -127,6 +168,21 @@ class Imports:
                 await anyio.to_thread.run_sync(lambda: shutil.rmtree(directory, True))
             await self.cache.set(self._key(user_id, key), job_id.encode(), ttl=self.key_ttl)
         return job_id
+
+    @staticmethod
+    async def _details(details: UploadDetails, directory: Path) -> dict[str, str]:
+        found = {"title": guide_title(details.title)}
+        if details.captions is not None:
+            if details.captions_suffix not in CAPTION_SUFFIXES:
+                raise InvalidInput("the captions file must be .srt or .vtt")
+            if len(details.captions) > MAX_CAPTION_BYTES:
+                raise TooLarge(f"the captions file is over {MAX_CAPTION_BYTES} bytes")
+            if b"-->" not in details.captions:
+                raise InvalidInput("the captions file has no cues (expected .srt or .vtt)")
+            path = directory / f"captions{details.captions_suffix}"
+            await anyio.Path(path).write_bytes(details.captions)
+            found["captions_path"] = str(path)
+        return found
 
     async def _receive(self, body: AsyncIterable[bytes], path: Path) -> None:
         size = 0

@@ -14,12 +14,14 @@ import anyio
 import anyio.abc
 import sniffio
 
-from ondoki.domain.imports import Imports, public
+from ondoki.domain.imports import Imports
+from ondoki.domain.job_view import for_owner
 from ondoki.domain.jobs import JobKinds, register_demo_kinds
 from ondoki.domain.media import KIND, QUEUE, CaptionsFirst, MediaImporter
 from ondoki.domain.namespaces import NamespacedCache
 from ondoki.domain.notifications import NotificationHub, job_notifier
 from ondoki.domain.sessions import Sessions
+from ondoki.domain.signed_urls import UrlSigner
 from ondoki.domain.state import TemporaryState
 from ondoki.entrypoints.services import Services
 from ondoki.errors import ConfigError, OndokiError
@@ -51,6 +53,16 @@ def resolve_api_key(settings: Settings) -> str:
     # Printed, not logged: the operator needs it once, log collectors never should.
     print(f"ondoki: development API key (set ONDOKI_API_KEY to choose one): {key}", file=sys.stderr)
     return key
+
+
+def resolve_signing_key(settings: Settings) -> str:
+    """The configured URL signing key; in development a generated one (this process's own:
+    set ONDOKI_URL_SIGNING_KEY to share one between instances), never in production."""
+    if settings.url_signing_key is not None:
+        return settings.url_signing_key
+    if settings.env == "production":  # load_settings refuses this; a hand-built Settings may not
+        raise ConfigError("ONDOKI_URL_SIGNING_KEY", "is required when ONDOKI_ENV=production")
+    return secrets.token_urlsafe(32)
 
 
 def check_backend(settings: Settings, library: str | None = None) -> None:
@@ -262,7 +274,7 @@ async def open_services(
             stack.push_async_callback(pubsub.aclose)
         await tasks.start(pubsub.run)
         hub = hub_for(settings, pubsub)
-        jobs = build_jobs(settings, kinds or build_kinds(settings), job_notifier(hub, public))
+        jobs = build_jobs(settings, kinds or build_kinds(settings), job_notifier(hub, for_owner))
         stack.push_async_callback(jobs.aclose)
         if isinstance(jobs, Runnable):
             # The memory queue runs jobs inside this process (the embedded default).
@@ -303,6 +315,7 @@ async def open_services(
             notifications=hub,
             jobs=jobs,
             imports=imports,
+            urls=UrlSigner(resolve_signing_key(settings), ttl=settings.frame_url_ttl_seconds),
             parts={
                 "cache": cache,
                 "pubsub": pubsub,
@@ -360,7 +373,7 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
             settings.broker,
             kinds=kinds,
             queues=queues,
-            notify=job_notifier(hub_for(settings, pubsub), public),
+            notify=job_notifier(hub_for(settings, pubsub), for_owner),
             namespace=settings.namespace,
             threads=1,
             record_ttl=settings.job_record_ttl_seconds,

@@ -53,7 +53,9 @@ def _configure_logging(settings: Settings) -> None:
     from ondoki.support.logs import configure_logging, secrets_of
 
     urls = (settings.redis_url, settings.broker_url, settings.result_backend, settings.database_url)
-    configure_logging(settings.log_level, secrets_of(urls, settings.api_key))
+    configure_logging(
+        settings.log_level, secrets_of(urls, settings.api_key, settings.url_signing_key)
+    )
 
 
 async def _serve(settings: Settings, worker_class: str) -> None:
@@ -71,7 +73,7 @@ async def _serve(settings: Settings, worker_class: str) -> None:
             opened.append(found)
             yield found
 
-    app = create_app(services)
+    app = create_app(services, cors_origins=settings.cors_origins)
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_grace_seconds

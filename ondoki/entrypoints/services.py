@@ -8,6 +8,7 @@ from typing import Protocol
 from ondoki.domain.imports import Imports
 from ondoki.domain.notifications import NotificationHub
 from ondoki.domain.sessions import Sessions
+from ondoki.domain.signed_urls import UrlSigner
 from ondoki.domain.state import TemporaryState
 from ondoki.ports.cache import Cache
 from ondoki.ports.jobs import JobQueue
@@ -32,5 +33,7 @@ class Services:
     notifications: NotificationHub
     jobs: JobQueue
     imports: Imports
+    #: Signs frame URLs (`<img>` cannot send a bearer token).
+    urls: UrlSigner
     #: Part name -> the object whose `ping()` tells whether that part is ready.
     parts: dict[str, Pingable] = field(default_factory=dict)

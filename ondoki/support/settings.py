@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -89,6 +90,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     state_max_keys_per_user: Positive = 100
     state_max_bytes_per_user: Positive = 1024 * 1024
 
+    # Browsers and apps: cross-origin access, signed frame URLs.
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+    url_signing_key: str | None = None
+    frame_url_ttl_seconds: Seconds = 3_600.0
+
     @property
     def uses_redis(self) -> bool:
         return self.redis_url is not None
@@ -117,8 +123,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 shown[name] = redact_url(shown[name])
         if shown["database_url"] is not None:
             shown["database_url"] = redact_url(shown["database_url"])
-        if shown["api_key"] is not None:
-            shown["api_key"] = "***"
+        for secret in ("api_key", "url_signing_key"):
+            if shown[secret] is not None:
+                shown[secret] = "***"
         return shown
 
 
@@ -132,6 +139,9 @@ RESULT_BACKEND_NOTE = (
 # Variables that were read once, and what replaced them: silently ignoring one would leave
 # an operator believing it still applies.
 _RENAMED = {"ONDOKI_WS_QUEUE_SIZE": "ONDOKI_WS_SEND_BUFFER_BYTES (a bound in bytes)"}
+
+# Settings that are lists: comma-separated in the environment, arrays in TOML.
+_LIST_FIELDS = frozenset({"cors_origins"})
 
 
 def env_name(field: str) -> str:
@@ -198,7 +208,10 @@ def load_settings(
         raw = environ.get(env_name(field))
         if raw is None or raw == "":
             continue
-        values[field] = _validated(env_name(field), field, raw)
+        value: str | list[str] = raw
+        if field in _LIST_FIELDS:
+            value = [part.strip() for part in raw.split(",") if part.strip()]
+        values[field] = _validated(env_name(field), field, value)
     for field, raw in (flags or {}).items():
         if field not in fields:
             raise ValueError(f"no setting named {field!r}")
@@ -210,7 +223,7 @@ def load_settings(
     return settings
 
 
-def _validated(name: str, field: str, raw: str) -> str:
+def _validated(name: str, field: str, raw: str | list[str]) -> str | list[str]:
     """`raw` if it is a valid value of `field`, else a `ConfigError` naming `name`."""
     try:
         msgspec.convert({field: raw}, Settings, strict=False)
@@ -260,6 +273,7 @@ def _check(settings: Settings) -> None:
         raise ConfigError("ONDOKI_API_KEY", "must be at least 16 characters")
     if settings.env == "production":
         _check_production(settings)
+    _check_browser(settings)
     if settings.worker_requeue_interval_seconds * 2 > settings.worker_heartbeat_timeout_seconds:
         raise ConfigError(
             "ONDOKI_WORKER_REQUEUE_INTERVAL_SECONDS",
@@ -276,6 +290,29 @@ def _check(settings: Settings) -> None:
             "ONDOKI_WS_SEND_BUFFER_BYTES",
             "is smaller than ONDOKI_NOTIFICATION_MAX_BYTES (one event would close its clients)",
         )
+
+
+_ORIGIN = re.compile(
+    r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
+
+
+def _check_browser(settings: Settings) -> None:
+    for origin in settings.cors_origins:
+        if origin == "*":
+            if settings.env == "production":
+                raise ConfigError(
+                    "ONDOKI_CORS_ORIGINS",
+                    "`*` is allowed in development only; list the origins of your web apps",
+                )
+        elif not _ORIGIN.match(origin):
+            raise ConfigError(
+                "ONDOKI_CORS_ORIGINS",
+                f"{origin[:64]!r} is not an origin (expected scheme://host[:port], no path)",
+            )
+    key = settings.url_signing_key
+    if key is not None and len(key) < 32:
+        raise ConfigError("ONDOKI_URL_SIGNING_KEY", "must be at least 32 characters")
 
 
 def _check_url(variable: str, url: str) -> None:
@@ -329,6 +366,12 @@ def _check_production(settings: Settings) -> None:
             "REDIS_URL",
             "is required when ONDOKI_ENV=production (the in-memory adapters keep sessions, "
             "notifications and jobs inside one process)",
+        )
+    if settings.url_signing_key is None:
+        raise ConfigError(
+            "ONDOKI_URL_SIGNING_KEY",
+            "is required when ONDOKI_ENV=production (every instance must sign frame URLs "
+            "with the same key)",
         )
     for field in _SEED_NAMES:
         url = getattr(settings, field)

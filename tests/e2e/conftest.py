@@ -16,8 +16,8 @@ Start = Callable[..., ServeProcess]
 def start(tmp_path: Path) -> Iterator[Start]:
     started: list[ServeProcess] = []
 
-    def start(*args: str, **env: str) -> ServeProcess:
-        process = ServeProcess(tmp_path, clean_env(**env), *args)
+    def start(*args: str, port: int | None = None, **env: str) -> ServeProcess:
+        process = ServeProcess(tmp_path, clean_env(**env), *args, port=port)
         started.append(process)
         return process
 

@@ -48,7 +48,7 @@ def refused(path: Path, *, limits: MediaLimits | None = None) -> str:
     with pytest.raises(UnsupportedMedia) as caught:
         probe(path, limits=limits)
     assert time.monotonic() - start < 5, "probe must be quick, whatever the input"
-    assert caught.value.code == "unsupported_media"
+    assert caught.value.code == "unsupported_media_type"
     assert str(caught.value).startswith("unsupported video: ")
     return caught.value.reason
 

@@ -127,10 +127,11 @@ def test_describe_redacts_every_secret() -> None:
             "REDIS_URL": "redis://:pw-one@cache/0",
             "CELERY_BROKER_URL": "redis://user:pw-two@broker/1",
             "ONDOKI_API_KEY": "a-very-secret-api-key",
+            "ONDOKI_URL_SIGNING_KEY": "a-very-secret-signing-key-0123456789",
         }
     )
     shown = repr(settings.describe())
-    for secret in ("pw-one", "pw-two", "a-very-secret-api-key"):
+    for secret in ("pw-one", "pw-two", "a-very-secret-api-key", "signing-key-0123"):
         assert secret not in shown
 
 
@@ -172,6 +173,7 @@ PROD = {
     "ONDOKI_ENV": "production",
     "ONDOKI_API_KEY": "prod-key-0123456789",
     "DATABASE_URL": "postgresql://ondoki:pw@db:5432/ondoki",
+    "ONDOKI_URL_SIGNING_KEY": "prod-signing-key-0123456789abcdef",
 }
 
 
@@ -204,6 +206,16 @@ PROD = {
             },
             "DATABASE_URL",
             "a Redis restart logs everyone out",
+        ),
+        (
+            {**PROD, "REDIS_URL": "redis://:pw@r/0", "ONDOKI_URL_SIGNING_KEY": ""},
+            "ONDOKI_URL_SIGNING_KEY",
+            "required",
+        ),
+        (
+            {**PROD, "REDIS_URL": "redis://:pw@r/0", "ONDOKI_CORS_ORIGINS": "*"},
+            "ONDOKI_CORS_ORIGINS",
+            "development only",
         ),
     ],
 )
@@ -369,3 +381,35 @@ def test_database_password_is_redacted_in_describe() -> None:
     settings = load_settings({"DATABASE_URL": "postgresql://ondoki:hunter2@db/ondoki"})
     assert settings.describe()["database_url"] == "postgresql://ondoki:***@db/ondoki"
     assert env_name("database_url") == "DATABASE_URL"
+
+
+def test_cors_origins_are_a_comma_separated_list() -> None:
+    settings = load_settings(
+        {"ONDOKI_CORS_ORIGINS": "https://app.example.com, http://localhost:5173"}
+    )
+    assert settings.cors_origins == ["https://app.example.com", "http://localhost:5173"]
+    assert load_settings({"ONDOKI_CORS_ORIGINS": "*"}).cors_origins == ["*"]
+    assert load_settings({}).cors_origins == []
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"ONDOKI_CORS_ORIGINS": "https://app.example.com/path"}, "ONDOKI_CORS_ORIGINS"),
+        ({"ONDOKI_CORS_ORIGINS": "app.example.com"}, "ONDOKI_CORS_ORIGINS"),
+        ({"ONDOKI_URL_SIGNING_KEY": "short"}, "ONDOKI_URL_SIGNING_KEY"),
+    ],
+)
+def test_browser_settings_refusals(environ: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    assert caught.value.variable == variable
+
+
+def test_cors_origins_in_toml_are_an_array(tmp_path: Path) -> None:
+    config = tmp_path / "ondoki.toml"
+    config.write_text('cors_origins = ["https://app.example.com"]\n')
+    assert load_settings({}, config_file=config).cors_origins == ["https://app.example.com"]
+    config.write_text('cors_origins = "https://app.example.com"\n')
+    with pytest.raises(ConfigError):
+        load_settings({}, config_file=config)

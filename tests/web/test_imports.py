@@ -7,12 +7,14 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 from starlette.testclient import TestClient
 
+from ondoki.domain.signed_urls import UrlSigner
 from ondoki.entrypoints.bootstrap import build_kinds, open_services
 from ondoki.entrypoints.services import Services
 from ondoki.errors import RetryableJobError
@@ -95,27 +97,68 @@ def test_upload_runs_the_import_and_serves_the_guide(app: App, video: bytes) -> 
     record = app.wait(job_id, alice, "succeeded", "dead")
     assert record["state"] == "succeeded", record
     assert record["progress"] == 1.0 and record["owner"] == "alice"
+    assert record["stage"] is None  # cleared on success
+    # Times are RFC 3339 in UTC, like every other time in a response.
+    for field in ("created_at", "updated_at", "started_at", "finished_at"):
+        assert datetime.fromisoformat(record[field]).tzinfo is not None, field
     # The result names the guide by URL, never by the server's file path.
     assert record["result"]["guide"] == f"/imports/{job_id}/guide"
 
     guide = app.client.get(f"/imports/{job_id}/guide", headers=alice).json()
     assert len(guide["steps"]) == 3
     for step in guide["steps"]:
-        frame = app.client.get(step["frame_url"], headers=alice)
+        # Signed: an <img> loads it with no Authorization header.
+        frame = app.client.get(step["frame_url"])
         assert frame.status_code == 200
         assert frame.headers["content-type"] == "image/jpeg"
         assert frame.content[:3] == b"\xff\xd8\xff"
+        # The owner's session works too, without the signature.
+        unsigned = step["frame_url"].split("?", 1)[0]
+        assert app.client.get(unsigned, headers=alice).status_code == 200
     markdown = app.client.get(f"/imports/{job_id}/guide?format=md", headers=alice)
     assert markdown.headers["content-type"].startswith("text/markdown")
     assert "step" in markdown.text.lower()
 
     # Another user can neither see the job nor its guide or frames.
     bob = app.login("bob")
-    for path in (f"/jobs/{job_id}", f"/imports/{job_id}/guide", guide["steps"][0]["frame_url"]):
+    unsigned = guide["steps"][0]["frame_url"].split("?", 1)[0]
+    for path in (f"/jobs/{job_id}", f"/imports/{job_id}/guide", unsigned):
         error_of(app.client.get(path, headers=bob), 404)
     # Only frames the guide lists are served: no path games.
     for name in ("..%2F..%2Fsource", "step-999.jpg", "source"):
         error_of(app.client.get(f"/imports/{job_id}/frames/{name}", headers=alice), 404)
+
+
+def test_frame_urls_are_signed_and_expire(app: App, video: bytes) -> None:
+    alice = app.login("alice")
+    response = app.client.post(
+        "/imports", content=video, headers={**alice, "Content-Type": "video/mp4"}
+    )
+    job_id = response.json()["job_id"]
+    assert app.wait(job_id, alice, "succeeded", "dead")["state"] == "succeeded"
+    steps = app.client.get(f"/imports/{job_id}/guide", headers=alice).json()["steps"]
+    url = steps[0]["frame_url"]
+    path, _, query = url.partition("?")
+    params = dict(part.split("=", 1) for part in query.split("&"))
+    assert set(params) == {"expires", "signature"}
+    assert app.client.get(url).status_code == 200
+
+    other = steps[1]["frame_url"].split("?", 1)[0]
+    tampered = [
+        f"{other}?{query}",  # another frame with this one's signature
+        f"{path}?expires={int(params['expires']) + 300}&signature={params['signature']}",
+        f"{path}?expires={params['expires']}&signature={params['signature'][:-2]}AA",
+        f"{path}?expires={params['expires']}",
+        f"{path}?expires=soon&signature={params['signature']}",
+    ]
+    for bad in tampered:
+        assert error_of(app.client.get(bad), 403)["code"] == "forbidden", bad
+
+    # Expired: a URL signed an hour and more ago (the same key, an earlier clock).
+    urls = app.services.urls
+    old = UrlSigner(urls.key, ttl=urls.ttl, clock=lambda: time.time() - urls.ttl - 600)
+    expired = error_of(app.client.get(old.sign(path)), 403)
+    assert "expired" in expired["message"]
 
 
 def test_idempotency_key_gives_one_job(app: App, video: bytes) -> None:
@@ -156,7 +199,7 @@ def test_truncated_video_is_refused_with_the_reason(app: App, video: bytes) -> N
         "/imports", content=video[: len(video) // 3], headers={**alice, "Content-Type": "video/mp4"}
     )
     error = error_of(response, 415)
-    assert error["code"] == "unsupported_media"
+    assert error["code"] == "unsupported_media_type"
     assert app.uploads() == []
 
 

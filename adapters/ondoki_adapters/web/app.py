@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -17,8 +17,14 @@ from starlette.routing import Route
 
 from ondoki import errors
 from ondoki.entrypoints.services import Services
+from ondoki_adapters.web.cors import cors_middleware
 from ondoki_adapters.web.direct import DirectFrames
-from ondoki_adapters.web.http import MalformedBody, UnsupportedMediaType, error_response
+from ondoki_adapters.web.http import (
+    MalformedBody,
+    UnsupportedMediaType,
+    UpgradeRequired,
+    error_response,
+)
 from ondoki_adapters.web.metrics import MetricsEndpoint
 from ondoki_adapters.web.observe import HttpMetrics, RequestContext
 from ondoki_adapters.web.routes import routes
@@ -36,6 +42,7 @@ _STATUS: list[tuple[type[errors.OndokiError], int]] = [
     (UnsupportedMediaType, 415),
     (errors.UnsupportedMedia, 415),
     (errors.InvalidInput, 422),
+    (UpgradeRequired, 426),
     (errors.BackendError, 503),
 ]
 
@@ -72,8 +79,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 ServicesFactory = Callable[[], AbstractAsyncContextManager[Services]]
 
 
-def create_app(open_services: ServicesFactory) -> Starlette:
-    """The ASGI app; the composition root's `open_services` runs in its lifespan."""
+def create_app(open_services: ServicesFactory, *, cors_origins: Sequence[str] = ()) -> Starlette:
+    """The ASGI app; the composition root's `open_services` runs in its lifespan. Web apps
+    on `cors_origins` may call it from a browser (`*`: any origin)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -84,9 +92,11 @@ def create_app(open_services: ServicesFactory) -> Starlette:
     metrics = MetricsEndpoint(registry)
     return Starlette(
         routes=[*routes, Route("/metrics", metrics.handle, methods=["GET"])],
-        # DirectFrames first: it needs the server's own `send`, unwrapped.
+        # DirectFrames first: it needs the server's own `send`, unwrapped. CORS next, so that
+        # error responses carry its headers too (a browser hides a response without them).
         middleware=[
             Middleware(DirectFrames),
+            *cors_middleware(cors_origins),
             Middleware(RequestContext, metrics=HttpMetrics(registry)),
         ],
         lifespan=lifespan,

@@ -22,6 +22,12 @@ class UnsupportedMediaType(OndokiError):
     code = "unsupported_media_type"
 
 
+class UpgradeRequired(OndokiError):
+    """A plain HTTP request to a WebSocket endpoint."""
+
+    code = "upgrade_required"
+
+
 class MalformedBody(OndokiError):
     """The body could not be parsed at all (bad JSON)."""
 

@@ -3,28 +3,35 @@ contract they keep is docs/api.md (and docs/websocket.md for `/ws`)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import msgspec
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from ondoki.domain.imports import public
+from ondoki.domain.imports import UploadDetails
+from ondoki.domain.job_view import job_view
 from ondoki.domain.sessions import session_id
 from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge
 from ondoki.models import JobRecord
+from ondoki_adapters.web import wire
 from ondoki_adapters.web.auth import require_api_key, require_session, services
+from ondoki_adapters.web.guide_page import render_page
 from ondoki_adapters.web.http import (
     UnsupportedMediaType,
+    UpgradeRequired,
     check_json,
     json_response,
     read_body,
     read_json,
     require_json,
 )
+from ondoki_adapters.web.multipart import FormUpload, disposition_filename, filename_stem
+from ondoki_adapters.web.openapi import ApiDocs
 from ondoki_adapters.web.ws import websocket_endpoint
 
 READY_TIMEOUT = 2.0
@@ -34,51 +41,38 @@ def _time(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-class CreateSession(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: str
-    data: dict[str, Any] | None = None
-    ttl_seconds: float | None = None
-
-
-class PublishNotification(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: str
-    type: str
-    data: Any = None
-    id: str | None = None
-
-
 async def healthz(request: Request) -> Response:
-    return json_response({"status": "ok"})
+    return json_response(wire.Health("ok"))
 
 
 async def readyz(request: Request) -> Response:
-    parts: dict[str, dict[str, Any]] = {}
+    parts: dict[str, wire.PartStatus] = {}
 
     async def check(name: str, ping: Any) -> None:
         try:
             with anyio.fail_after(READY_TIMEOUT):
                 await ping()
         except TimeoutError:
-            parts[name] = {"ok": False, "error": f"no answer within {READY_TIMEOUT:g}s"}
+            parts[name] = wire.PartStatus(False, f"no answer within {READY_TIMEOUT:g}s")
         except OndokiError as exc:
-            parts[name] = {"ok": False, "error": str(exc)}
+            parts[name] = wire.PartStatus(False, str(exc))
         else:
-            parts[name] = {"ok": True}
+            parts[name] = wire.PartStatus(True)
 
     async with anyio.create_task_group() as tasks:
         for name, part in services(request).parts.items():
             tasks.start_soon(check, name, part.ping)
-    ready = all(part["ok"] for part in parts.values())
-    body = {"status": "ready" if ready else "unavailable", "parts": dict(sorted(parts.items()))}
+    ready = all(part.ok for part in parts.values())
+    body = wire.Readiness("ready" if ready else "unavailable", dict(sorted(parts.items())))
     return json_response(body, 200 if ready else 503)
 
 
 async def create_session(request: Request) -> Response:
     require_api_key(request)
     found = services(request)
-    body = await read_json(request, CreateSession, limit=found.settings.max_json_body_bytes)
+    body = await read_json(request, wire.CreateSession, limit=found.settings.max_json_body_bytes)
     token, expires_at = await found.sessions.create(body.user_id, body.data, body.ttl_seconds)
-    return json_response({"token": token, "expires_at": _time(expires_at)}, 201)
+    return json_response(wire.SessionCreated(token, _time(expires_at)), 201)
 
 
 async def my_session(request: Request) -> Response:
@@ -90,21 +84,20 @@ async def my_session(request: Request) -> Response:
         await found.notifications.end_session(session.user_id, session_id(token))
         return Response(status_code=204)
     return json_response(
-        {
-            "user_id": session.user_id,
-            "data": session.data,
-            "created_at": _time(session.created_at),
-            "expires_at": _time(expires_at),
-        }
+        wire.SessionView(
+            session.user_id, session.data, _time(session.created_at), _time(expires_at)
+        )
     )
 
 
 async def publish_notification(request: Request) -> Response:
     require_api_key(request)
     found = services(request)
-    body = await read_json(request, PublishNotification, limit=found.settings.max_json_body_bytes)
+    body = await read_json(
+        request, wire.PublishNotification, limit=found.settings.max_json_body_bytes
+    )
     position = await found.notifications.publish(body.user_id, body.type, body.data, id=body.id)
-    return json_response({"epoch": position.epoch, "offset": position.offset}, 202)
+    return json_response(position, 202)
 
 
 async def _owned_job(request: Request) -> JobRecord:
@@ -120,7 +113,7 @@ async def job(request: Request) -> Response:
     record = await _owned_job(request)
     if request.method == "DELETE":
         record = await services(request).jobs.cancel(record.id)
-    return json_response(public(record))
+    return json_response(job_view(record))
 
 
 _VIDEO_TYPES = ("video/", "application/octet-stream")
@@ -130,38 +123,77 @@ async def create_import(request: Request) -> Response:
     _, session, _ = await require_session(request)
     found = services(request)
     content_type = request.headers.get("content-type", "application/octet-stream")
-    if not content_type.lower().startswith(_VIDEO_TYPES):
+    body: AsyncIterable[bytes]
+    if content_type.lower().startswith("multipart/form-data"):
+        form = FormUpload(request.stream(), content_type)
+        body, details = form, form.details
+    elif content_type.lower().startswith(_VIDEO_TYPES):
+        name = disposition_filename(request.headers.get("content-disposition"))
+        body, details = request.stream(), UploadDetails(title=filename_stem(name))
+    else:
         raise UnsupportedMediaType(
-            f"expected a video body (video/* or application/octet-stream), got {content_type}"
+            "expected a video body (video/* or application/octet-stream) or a "
+            f"multipart/form-data form, got {content_type}"
         )
+    if "title" in request.query_params:
+        # Wins over a file name; a form's own title field (read later) wins over both.
+        details.title = request.query_params["title"]
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > found.imports.max_bytes:
-        raise TooLarge(f"the video is {declared} bytes; the limit is {found.imports.max_bytes}")
+        raise TooLarge(f"the upload is {declared} bytes; the limit is {found.imports.max_bytes}")
     key = request.headers.get("idempotency-key")
     job_id = await found.imports.known(session.user_id, key)
     if job_id is None:
-        job_id = await found.imports.upload(session.user_id, request.stream(), idempotency_key=key)
-    return json_response({"job_id": job_id}, 202, {"Location": f"/jobs/{job_id}"})
+        job_id = await found.imports.upload(
+            session.user_id, body, idempotency_key=key, details=details
+        )
+    return json_response(wire.ImportAccepted(job_id), 202, {"Location": f"/jobs/{job_id}"})
+
+
+_GUIDE_FORMATS = ("json", "md", "html")
 
 
 async def import_guide(request: Request) -> Response:
+    form = request.query_params.get("format", "json")
+    if form not in _GUIDE_FORMATS:
+        raise InvalidInput(f"format must be json, md or html, got {form[:16]!r}")
     record = await _owned_job(request)
     guide, directory = await services(request).imports.guide(record)
-    if request.query_params.get("format") == "md":
+    if form == "md":
         return FileResponse(directory / "guide.md", media_type="text/markdown; charset=utf-8")
     base = f"/imports/{record.id}/"
+    urls = services(request).urls
+    if form == "html":
+        # Absolute picture URLs: an app may show the page from elsewhere (an iframe's srcdoc).
+        origin = str(request.base_url).rstrip("/")
+        page = render_page(guide, lambda frame: origin + urls.sign(base + frame))
+        policy = f"default-src 'none'; img-src {origin}; style-src 'unsafe-inline'"
+        return HTMLResponse(page, headers={"Content-Security-Policy": policy})
     steps = [
-        {**msgspec.structs.asdict(step), "frame_url": base + step.frame} for step in guide.steps
+        wire.GuideStepView(**msgspec.structs.asdict(step), frame_url=urls.sign(base + step.frame))
+        for step in guide.steps
     ]
-    return json_response({**msgspec.structs.asdict(guide), "steps": steps})
+    return json_response(wire.GuideView(**{**msgspec.structs.asdict(guide), "steps": steps}))
 
 
 async def import_frame(request: Request) -> Response:
-    record = await _owned_job(request)
-    imports = services(request).imports
-    guide, directory = await imports.guide(record)
-    path = imports.frame(guide, directory, "frames/" + request.path_params["name"])
-    return FileResponse(path, media_type="image/jpeg")
+    found = services(request)
+    job_id, name = request.path_params["job_id"], request.path_params["name"]
+    query = request.query_params
+    if "signature" in query or "expires" in query:
+        # A signed URL is its own credential (an <img> sends no Authorization header).
+        found.urls.verify(
+            f"/imports/{job_id}/frames/{name}", query.get("expires"), query.get("signature")
+        )
+        record = await found.jobs.get(job_id)
+    else:
+        record = await _owned_job(request)
+    guide, directory = await found.imports.guide(record)
+    path = found.imports.frame(guide, directory, "frames/" + name)
+    # Private: the URL is a capability; the picture never changes, but the URL expires.
+    return FileResponse(
+        path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"}
+    )
 
 
 async def dead_jobs(request: Request) -> Response:
@@ -170,13 +202,13 @@ async def dead_jobs(request: Request) -> Response:
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         raise InvalidInput("limit must be an integer from 1 to 1000")
     dead = await services(request).jobs.dead(limit=int(raw))
-    return json_response({"jobs": [public(record) for record in dead]})
+    return json_response(wire.DeadJobs([job_view(record) for record in dead]))
 
 
 async def retry_job(request: Request) -> Response:
     require_api_key(request)
     record = await services(request).jobs.retry(request.path_params["job_id"])
-    return json_response(public(record), 202)
+    return json_response(job_view(record), 202)
 
 
 def _ttl_param(request: Request) -> float | None:
@@ -198,13 +230,19 @@ async def state(request: Request) -> Response:
         body = await read_body(request, limit=found.settings.state_max_bytes)
         check_json(body)
         expires_at = await found.state.put(session.user_id, key, body, _ttl_param(request))
-        return json_response({"key": key, "expires_at": _time(expires_at)})
+        return json_response(wire.StateWritten(key, _time(expires_at)))
     if request.method == "DELETE":
         await found.state.delete(session.user_id, key)
         return Response(status_code=204)
     value = await found.state.get(session.user_id, key)
     return Response(value, media_type="application/json")
 
+
+async def websocket_only(request: Request) -> Response:
+    raise UpgradeRequired("/ws is a WebSocket: connect with a WebSocket client")
+
+
+docs = ApiDocs()
 
 routes = [
     Route("/healthz", healthz, methods=["GET"]),
@@ -220,4 +258,8 @@ routes = [
     Route("/imports/{job_id}/frames/{name}", import_frame, methods=["GET"]),
     Route("/internal/jobs/{job_id}/retry", retry_job, methods=["POST"]),
     WebSocketRoute("/ws", websocket_endpoint),
+    Route("/ws", websocket_only, methods=["GET"]),
+    Route("/openapi.json", docs.openapi, methods=["GET"]),
+    Route("/docs", docs.page, methods=["GET"]),
+    Route("/docs/assets/{name}", docs.asset, methods=["GET"]),
 ]
