@@ -89,3 +89,11 @@ class JobStats(msgspec.Struct):
 
     queues: dict[str, QueueStats]
     states: dict[str, int]
+
+
+class JobPage(msgspec.Struct):
+    """One page of a listing of jobs, newest first; `next_cursor` fetches the next page
+    (None on the last one). Cursors are opaque strings."""
+
+    jobs: list[JobRecord]
+    next_cursor: str | None = None

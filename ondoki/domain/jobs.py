@@ -8,6 +8,7 @@ pure function here, so the memory and the Redis adapter cannot drift apart.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import math
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import msgspec
 
@@ -27,7 +28,7 @@ from ondoki.errors import (
     JobStateError,
     RetryableJobError,
 )
-from ondoki.models import FINAL_STATES, JobRecord
+from ondoki.models import FINAL_STATES, JobRecord, JobState
 from ondoki.ports.jobs import JobContext, JobHandler, JobNotify
 
 log = logging.getLogger("ondoki.domain.jobs")
@@ -135,6 +136,47 @@ def check_queue(queue: str, queues: tuple[str, ...]) -> str:
     if queue not in queues:
         raise InvalidInput(f"unknown queue {queue!r} (known: {', '.join(queues)})")
     return queue
+
+
+#: The most jobs one page of `JobQueue.list_jobs` may ask for.
+MAX_PAGE = 1000
+
+
+def check_page(limit: int, state: str | None) -> None:
+    """`InvalidInput` for a page size or a state filter that `list_jobs` cannot serve."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}, got {limit}")
+    if state is not None and state not in get_args(JobState):
+        raise InvalidInput(f"unknown job state {state!r} (known: {', '.join(get_args(JobState))})")
+
+
+def sort_key(record: JobRecord) -> tuple[float, str]:
+    """The order of listings: newest first means descending by this."""
+    return (record.created_at, record.id)
+
+
+def encode_cursor(record: JobRecord) -> str:
+    """An opaque cursor that continues a listing after `record`."""
+    text = f"{record.created_at!r}/{record.id}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The sort key a cursor continues after; `InvalidInput` for what is not a cursor."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, job_id = text.partition("/")
+        created_at = float(created)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("cursor is not a cursor from a previous page") from None
+    if not job_id or not math.isfinite(created_at):
+        raise InvalidInput("cursor is not a cursor from a previous page")
+    return created_at, job_id
+
+
+def matches(record: JobRecord, state: str | None, kind: str | None) -> bool:
+    """Whether a listing filtered on `state` and `kind` includes `record`."""
+    return (state is None or record.state == state) and (kind is None or record.kind == kind)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ondoki.models import JobRecord, JobStats
+from ondoki.models import JobPage, JobRecord, JobState, JobStats
 
 
 class JobContext(Protocol):
@@ -77,6 +77,21 @@ class JobQueue(Protocol):
 
         The record says `cancelled` at once; a running handler stops at its next checkpoint
         and whatever it returns after that is discarded."""
+        ...
+
+    async def list_jobs(
+        self,
+        owner: str,
+        *,
+        state: JobState | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """`owner`'s jobs, newest first (by creation), optionally only those in `state` or
+        of `kind`; at most `limit` per page, `cursor` being a previous page's `next_cursor`.
+        Jobs of other owners (and jobs without one) never appear; expired records do not
+        either. A cursor that is not one of this adapter's raises `InvalidInput`."""
         ...
 
     async def dead(self, *, limit: int = 100) -> list[JobRecord]:

@@ -275,3 +275,53 @@ async def test_stats_count_the_backlog_and_its_age(jobs: JobQueue, tmp_path: Pat
     for job_id in [*backlog, busy]:
         await jobs.cancel(job_id)
     await finished(jobs, busy)
+
+
+async def test_list_jobs_shows_the_owners_jobs_newest_first_in_pages(jobs: JobQueue) -> None:
+    mine = [await jobs.enqueue("demo.checksum", {"size": 10}, owner="alice") for _ in range(5)]
+    theirs = await jobs.enqueue("demo.checksum", {"size": 10}, owner="bob")
+    await jobs.enqueue("demo.checksum", {"size": 10})  # no owner: in no one's listing
+    for job_id in mine:
+        await finished(jobs, job_id)
+    whole = await jobs.list_jobs("alice")
+    assert [record.id for record in whole.jobs] == mine[::-1]
+    assert whole.next_cursor is None
+    pages: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = await jobs.list_jobs("alice", limit=2, cursor=cursor)
+        assert len(page.jobs) <= 2
+        pages.extend(record.id for record in page.jobs)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert pages == mine[::-1]
+    assert [r.id for r in (await jobs.list_jobs("bob")).jobs] == [theirs]
+    assert (await jobs.list_jobs("carol")).jobs == []
+
+
+async def test_list_jobs_filters_on_state_and_kind(jobs: JobQueue, tmp_path: Path) -> None:
+    good = await jobs.enqueue("demo.checksum", {"size": 10}, owner="alice")
+    bad = await jobs.enqueue("test.broken", payload(tmp_path), owner="alice")
+    await finished(jobs, good)
+    await finished(jobs, bad)
+    dead = await jobs.list_jobs("alice", state="dead")
+    assert [record.id for record in dead.jobs] == [bad]
+    checksums = await jobs.list_jobs("alice", kind="demo.checksum")
+    assert [record.id for record in checksums.jobs] == [good]
+    assert (await jobs.list_jobs("alice", kind="demo.checksum", state="dead")).jobs == []
+    # A filtered listing pages as well: the filter is applied before the page is cut.
+    more = [await jobs.enqueue("test.broken", payload(tmp_path), owner="alice") for _ in range(3)]
+    for job_id in more:
+        await finished(jobs, job_id)
+    first = await jobs.list_jobs("alice", state="dead", limit=3)
+    assert [record.id for record in first.jobs] == [*more[::-1]]
+    assert first.next_cursor is not None
+    rest = await jobs.list_jobs("alice", state="dead", limit=3, cursor=first.next_cursor)
+    assert ([record.id for record in rest.jobs], rest.next_cursor) == ([bad], None)
+
+
+async def test_list_jobs_refuses_bad_arguments(jobs: JobQueue) -> None:
+    for bad in ({"limit": 0}, {"limit": 1001}, {"state": "sleeping"}, {"cursor": "%%%"}):
+        with pytest.raises(InvalidInput):
+            await jobs.list_jobs("alice", **bad)

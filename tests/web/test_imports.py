@@ -225,3 +225,31 @@ def test_old_imports_are_swept_and_recent_ones_kept(app: App, video: bytes) -> N
     assert app.client.portal.call(app.services.imports.sweep) == 1
     assert old_dir not in app.uploads() and len(app.uploads()) == 1
     error_of(app.client.get(f"/imports/{old}/guide", headers=alice), 404)
+
+
+def test_users_list_their_own_jobs_and_imports(app: App, video: bytes) -> None:
+    alice, bob = app.login("alice"), app.login("bob")
+    response = app.client.post(
+        "/imports", content=video, headers={**alice, "Content-Type": "video/mp4"}
+    )
+    assert response.status_code == 202, response.text
+    upload = response.json()["job_id"]
+    failed = [app.enqueue("test.fails", "alice") for _ in range(3)]
+    others = app.enqueue("test.fails", "bob")
+    for job_id in failed:
+        app.wait(job_id, alice, "dead")
+    listed = app.client.get("/jobs", headers=alice).json()
+    assert [job["id"] for job in listed["jobs"]] == [*failed[::-1], upload]
+    assert listed["next_cursor"] is None
+    imports = app.client.get("/imports", headers=alice).json()
+    assert [job["id"] for job in imports["jobs"]] == [upload]
+    dead = app.client.get("/jobs?state=dead&kind=test.fails&limit=2", headers=alice).json()
+    assert [job["id"] for job in dead["jobs"]] == failed[:0:-1]
+    rest = app.client.get(f"/jobs?state=dead&cursor={dead['next_cursor']}", headers=alice)
+    assert [job["id"] for job in rest.json()["jobs"]] == [failed[0]]
+    assert [job["id"] for job in app.client.get("/jobs", headers=bob).json()["jobs"]] == [others]
+    for query in ("?state=sleeping", "?limit=0", "?limit=x", "?cursor=!!"):
+        error_of(app.client.get(f"/jobs{query}", headers=alice), 422)
+    error_of(app.client.get("/jobs"), 401)
+    error_of(app.client.get("/imports", headers=app.internal), 401)
+    app.wait(upload, alice, "succeeded")

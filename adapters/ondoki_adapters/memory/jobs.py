@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ondoki.domain import jobs
 from ondoki.domain.jobs import Context, JobKinds
 from ondoki.errors import JobQueueError, NotFound
-from ondoki.models import FINAL_STATES, JobRecord, JobStats, QueueStats
+from ondoki.models import FINAL_STATES, JobPage, JobRecord, JobState, JobStats, QueueStats
 from ondoki.ports.jobs import JobNotify
 
 log = logging.getLogger("ondoki.domain.jobs.memory")
@@ -174,6 +174,34 @@ class MemoryJobQueue:
             return record
         await self._change(changed)
         return changed
+
+    async def list_jobs(
+        self,
+        owner: str,
+        *,
+        state: JobState | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        jobs.check_page(limit, state)
+        after = None if cursor is None else jobs.decode_cursor(cursor)
+        self._sweep()
+        # A scan: the memory adapter holds at most `max_records`, and listing is rare.
+        found = sorted(
+            (
+                e.record
+                for e in self._entries.values()
+                if e.record.owner == owner
+                and jobs.matches(e.record, state, kind)
+                and (after is None or jobs.sort_key(e.record) < after)
+            ),
+            key=jobs.sort_key,
+            reverse=True,
+        )
+        page = found[:limit]
+        more = len(found) > limit
+        return JobPage(page, jobs.encode_cursor(page[-1]) if more else None)
 
     async def dead(self, *, limit: int = 100) -> list[JobRecord]:
         self._sweep()

@@ -7,6 +7,9 @@ Layout, all on the broker's database (CELERY_BROKER_URL, DB 1 by default):
   its TTL (the record TTL) is renewed on every change, so finished records expire.
 - `{ns}:job-idem:{sha256(owner, kind, key)}`: the job id an idempotency key maps to, with the
   record TTL; written in the same Lua call as the record, so two racing enqueues make one job.
+- `{ns}:jobs:owner:{owner}`: sorted set of the owner's job ids by creation time, for
+  `list_jobs`; written with the record, entries created more than the record TTL ago are
+  pruned on every enqueue (ids whose record expired sooner are pruned when listed).
 - `{ns}:job-lease:{id}`: the worker running the job (SET NX PX, renewed while it runs).
 - `{ns}:jobs:dead`: sorted set of dead job ids by finish time; members older than the record
   TTL are pruned when read, and the key itself gets the record TTL on every write.
@@ -27,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -42,7 +46,7 @@ from redis.retry import Retry
 from ondoki.domain import jobs
 from ondoki.domain.jobs import JobKinds
 from ondoki.errors import ConfigError, JobQueueError, NotFound
-from ondoki.models import JobRecord, JobStats, QueueStats
+from ondoki.models import JobPage, JobRecord, JobState, JobStats, QueueStats
 from ondoki.ports.jobs import JobNotify
 from ondoki.support.redact import redact_url
 from ondoki_adapters.redis.connection import call, connect, describe, milliseconds
@@ -59,15 +63,25 @@ BACKOFF_OPTION = "ondoki_backoff"
 _records = msgspec.json.Encoder()
 
 # Create the record (and claim the idempotency key) in one step: either the key is new and
-# the job is created, or the existing job's id comes back and nothing is written.
+# the job is created, or the existing job's id comes back and nothing is written. An owned
+# job joins its owner's index, from which entries created more than the TTL ago are pruned.
+# KEYS: job, [idempotency key if ARGV[5] == '1'], [owner index if ARGV[6] == '1'].
+# ARGV: id, record, payload, ttl ms, has key, has owner, created_at, oldest created_at kept.
 _ENQUEUE = """
-if #KEYS > 1 then
-    local existing = redis.call('GET', KEYS[2])
+local n = 2
+if ARGV[5] == '1' then
+    local existing = redis.call('GET', KEYS[n])
     if existing then return existing end
-    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4])
+    redis.call('SET', KEYS[n], ARGV[1], 'PX', ARGV[4])
+    n = n + 1
 end
 redis.call('HSET', KEYS[1], 'record', ARGV[2], 'payload', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if ARGV[6] == '1' then
+    redis.call('ZADD', KEYS[n], ARGV[7], ARGV[1])
+    redis.call('ZREMRANGEBYSCORE', KEYS[n], '-inf', '(' .. ARGV[8])
+    redis.call('PEXPIRE', KEYS[n], ARGV[4])
+end
 return false
 """
 
@@ -82,6 +96,10 @@ class JobKeys:
 
     def job(self, job_id: str) -> str:
         return f"{self.namespace}:job:{job_id}"
+
+    def owned(self, owner: str) -> str:
+        """The owner's index: job ids scored by creation time."""
+        return f"{self.namespace}:jobs:owner:{owner}"
 
     def lease(self, job_id: str) -> str:
         return f"{self.namespace}:job-lease:{job_id}"
@@ -366,7 +384,18 @@ class DramatiqJobQueue:
         keys = [self.keys.job(job_id)]
         if idempotency_key is not None:
             keys.append(self.keys.idempotency(owner, kind, idempotency_key))
-        args: list[str | bytes | int] = [job_id, encode_record(record), body, self._ttl_ms]
+        if owner is not None:
+            keys.append(self.keys.owned(owner))
+        args: list[str | bytes | int] = [
+            job_id,
+            encode_record(record),
+            body,
+            self._ttl_ms,
+            int(idempotency_key is not None),
+            int(owner is not None),
+            repr(record.created_at),
+            repr(record.created_at - self.record_ttl),
+        ]
         existing = await self._run(
             "job enqueue",
             lambda: self._enqueue_script(keys=keys, args=args),
@@ -383,13 +412,20 @@ class DramatiqJobQueue:
         except BaseException:
             # Without its message the job would sit in `queued` forever: take it back.
             with anyio.CancelScope(shield=True):
-                await self._forget(keys)
+                await self._forget(job_id, owner, keys[: 1 + (idempotency_key is not None)])
             raise
         return job_id
 
-    async def _forget(self, keys: list[str]) -> None:
+    async def _forget(self, job_id: str, owner: str | None, keys: list[str]) -> None:
+        async def forget() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(*keys)
+                if owner is not None:
+                    pipe.zrem(self.keys.owned(owner), job_id)
+                await pipe.execute()
+
         try:
-            await self._run("job enqueue (undo)", lambda: self.client.delete(*keys))
+            await self._run("job enqueue (undo)", forget)
         except JobQueueError as exc:
             log.warning("could not remove the record of a job that was not queued: %s", exc)
 
@@ -447,6 +483,67 @@ class DramatiqJobQueue:
         except (msgspec.DecodeError, KeyError, TypeError):
             return None
         return max(0.0, now - float(sent))
+
+    async def list_jobs(
+        self,
+        owner: str,
+        *,
+        state: JobState | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        jobs.check_page(limit, state)
+        last = None if cursor is None else jobs.decode_cursor(cursor)
+        index = self.keys.owned(owner)
+        found: list[JobRecord] = []
+        batch = max(limit + 1, 50)
+        # Keyset pagination over the owner's index, (created_at, id) descending as Redis
+        # orders a reversed sorted set; filters are applied to the records read.
+        while len(found) <= limit:
+            rows = await self._run("job list", partial(self._scan, index, last, batch))
+            fresh = [(float(score), _text(member)) for member, score in rows]
+            fresh = [key for key in fresh if last is None or key < last]
+            if not fresh:
+                if len(rows) < batch:
+                    break
+                batch *= 2  # a page's worth of ties on one timestamp: look further
+                continue
+            last = fresh[-1]
+            found.extend(
+                record
+                for record in await self._records([job_id for _, job_id in fresh], index)
+                if jobs.matches(record, state, kind)
+            )
+            if len(rows) < batch:
+                break
+        page = found[:limit]
+        return JobPage(page, jobs.encode_cursor(page[-1]) if len(found) > limit else None)
+
+    async def _scan(
+        self, index: str, last: tuple[float, str] | None, batch: int
+    ) -> list[tuple[bytes, float]]:
+        top: float | str = "+inf" if last is None else last[0]
+        rows: list[Any] = await self.client.zrevrangebyscore(
+            index, top, "-inf", start=0, num=batch, withscores=True
+        )
+        return [(bytes(member), float(score)) for member, score in rows]
+
+    async def _records(self, ids: list[str], index: str) -> list[JobRecord]:
+        """The records of `ids` in order; ids whose record expired leave the index."""
+
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hget(self.keys.job(job_id), "record")
+                values: list[Any] = await pipe.execute()
+                return values
+
+        raws = await self._run("job list", read)
+        gone = [job_id for job_id, raw in zip(ids, raws, strict=True) if raw is None]
+        if gone:
+            await self._run("job list", lambda: self.client.zrem(index, *gone))
+        return [decode_record(raw) for raw in raws if raw is not None]
 
     async def dead(self, *, limit: int = 100) -> list[JobRecord]:
         if limit <= 0:

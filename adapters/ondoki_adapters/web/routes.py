@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import msgspec
@@ -14,7 +14,8 @@ from starlette.routing import Route, WebSocketRoute
 from ondoki.domain.imports import public
 from ondoki.domain.sessions import session_id
 from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge
-from ondoki.models import JobRecord
+from ondoki.media import KIND as IMPORT_KIND
+from ondoki.models import JobRecord, JobState
 from ondoki_adapters.web.auth import require_api_key, require_session, services
 from ondoki_adapters.web.http import (
     UnsupportedMediaType,
@@ -122,6 +123,42 @@ async def job(request: Request) -> Response:
     return json_response(public(record))
 
 
+def _limit(request: Request, default: int, maximum: int) -> int:
+    raw = request.query_params.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise InvalidInput(f"limit must be an integer from 1 to {maximum}, got {raw[:32]!r}")
+    return int(raw)
+
+
+async def _list_jobs(request: Request, kind: str | None) -> Response:
+    _, session, _ = await require_session(request)
+    params = request.query_params
+    # An unknown state is refused by the queue (`check_page`) with the known ones named.
+    state = cast(JobState | None, params.get("state"))
+    page = await services(request).jobs.list_jobs(
+        session.user_id,
+        state=state,
+        kind=kind,
+        limit=_limit(request, 50, 200),
+        cursor=params.get("cursor"),
+    )
+    return json_response(
+        {"jobs": [public(record) for record in page.jobs], "next_cursor": page.next_cursor}
+    )
+
+
+async def list_jobs(request: Request) -> Response:
+    """The caller's jobs, newest first: `?state=`, `?kind=`, `?limit=` (50), `?cursor=`."""
+    return await _list_jobs(request, request.query_params.get("kind"))
+
+
+async def imports(request: Request) -> Response:
+    if request.method == "GET":
+        # The caller's imports: the same listing, of the import kind only.
+        return await _list_jobs(request, IMPORT_KIND)
+    return await create_import(request)
+
+
 _VIDEO_TYPES = ("video/", "application/octet-stream")
 
 
@@ -165,10 +202,7 @@ async def import_frame(request: Request) -> Response:
 
 async def dead_jobs(request: Request) -> Response:
     require_api_key(request)
-    raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise InvalidInput("limit must be an integer from 1 to 1000")
-    dead = await services(request).jobs.dead(limit=int(raw))
+    dead = await services(request).jobs.dead(limit=_limit(request, 100, 1000))
     return json_response({"jobs": [public(record) for record in dead]})
 
 
@@ -214,7 +248,8 @@ routes = [
     Route("/internal/notifications", publish_notification, methods=["POST"]),
     Route("/jobs/{job_id}", job, methods=["GET", "DELETE"]),
     Route("/internal/jobs/dead", dead_jobs, methods=["GET"]),
-    Route("/imports", create_import, methods=["POST"]),
+    Route("/jobs", list_jobs, methods=["GET"]),
+    Route("/imports", imports, methods=["GET", "POST"]),
     Route("/imports/{job_id}/guide", import_guide, methods=["GET"]),
     Route("/imports/{job_id}/frames/{name}", import_frame, methods=["GET"]),
     Route("/internal/jobs/{job_id}/retry", retry_job, methods=["POST"]),
