@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,7 +38,6 @@ import msgspec
 import redis
 import redis.asyncio as aioredis
 import redis.exceptions as rex
-from dramatiq.brokers.redis import RedisBroker
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -50,6 +48,13 @@ from ondoki.models import JobPage, JobRecord, JobState, JobStats, QueueStats
 from ondoki.ports.jobs import JobNotify
 from ondoki.support.redact import redact_url
 from ondoki_adapters.redis.connection import call, connect, describe, milliseconds
+from ondoki_adapters.redis.dramatiq_surface import (
+    JobBroker,
+    delay_queue_key,
+    enqueued_at,
+    messages_key,
+    queue_key,
+)
 
 log = logging.getLogger("ondoki.domain.jobs.redis")
 
@@ -136,75 +141,6 @@ def stage_write(
         pipe.zrem(keys.dead, after.id)
 
 
-class JobBroker(RedisBroker):
-    """dramatiq's RedisBroker with two changes, both through dramatiq 2.x internals (the
-    `_should_do_maintenance` hook and the `do_<command>` dispatch methods):
-
-    - Queue maintenance (moving the unacked messages of workers whose heartbeat is older
-      than `heartbeat_timeout` back to their queue, dropping expired dead letters) runs on
-      every `qsize` command, which a worker's janitor sends for each queue every
-      `requeue_interval` seconds, and never otherwise. dramatiq runs it on a random 0.1% of
-      commands instead: minutes after a crash, and its Lua runs KEYS, so not per enqueue.
-    - With `capacity` set (by the worker), at most that many messages are fetched and not
-      yet acked across all of the worker's queues. dramatiq's prefetch is per queue: a
-      worker busy with a long `media` job would otherwise sit on a `celery` message that
-      an idle worker could run. Delay queues are not limited: their messages only wait
-      there for their time to come, then go back to their queue.
-    """
-
-    capacity: int | None = None
-    #: How long a consumer waits for a free slot before it gives up this fetch.
-    fetch_wait: float = 0.0
-    _gate: threading.Condition
-    _in_flight = 0
-
-    def _should_do_maintenance(self, command: str) -> int:
-        return 1 if command == "qsize" else 0
-
-    def _gated(self, queue_name: str) -> bool:
-        return self.capacity is not None and not queue_name.endswith(".DQ")
-
-    def do_fetch(self, queue_name: str, prefetch: int) -> list[bytes | None]:
-        fetch = self._dispatch("fetch")  # type: ignore[no-untyped-call]
-        if not self._gated(queue_name):
-            messages: list[bytes | None] = fetch(queue_name, prefetch)
-            return messages
-        assert self.capacity is not None
-        # One lock for check and fetch, or two consumers could both take the last slot.
-        with self._gate:
-            free = self.capacity - self._in_flight
-            if free <= 0:
-                # Wait for an ack instead of returning empty: dramatiq's consumer would
-                # then sleep several ms before asking again, which caps a busy worker at
-                # one job per sleep (measured: 130 no-op jobs/s against 295 with the wait).
-                self._gate.wait(self.fetch_wait)
-                free = self.capacity - self._in_flight
-                if free <= 0:
-                    return []
-            messages = fetch(queue_name, min(prefetch, free))
-            # dramatiq skips (and never acks) a message whose body has vanished.
-            self._in_flight += sum(1 for message in messages if message is not None)
-            return messages
-
-    def _done(self, queue_name: str, count: int) -> None:
-        if self._gated(queue_name):
-            with self._gate:
-                self._in_flight = max(0, self._in_flight - count)
-                self._gate.notify_all()
-
-    def do_ack(self, queue_name: str, message_id: str) -> None:
-        self._dispatch("ack")(queue_name, message_id)  # type: ignore[no-untyped-call]
-        self._done(queue_name, 1)
-
-    def do_nack(self, queue_name: str, message_id: str) -> None:
-        self._dispatch("nack")(queue_name, message_id)  # type: ignore[no-untyped-call]
-        self._done(queue_name, 1)
-
-    def do_requeue(self, queue_name: str, *message_ids: str) -> None:
-        self._dispatch("requeue")(queue_name, *message_ids)  # type: ignore[no-untyped-call]
-        self._done(queue_name, len(message_ids))
-
-
 def build_broker(
     client: redis.Redis,
     keys: JobKeys,
@@ -212,20 +148,19 @@ def build_broker(
     heartbeat_timeout: float = 60.0,
     middleware: Sequence[dramatiq.Middleware] = (),
     capacity: int | None = None,
+    fetch_wait: float = 0.0,
 ) -> JobBroker:
     """A broker on `client` without dramatiq's default middleware: retries, time limits and
     results are ondoki's business (records, backoff, leases), not dramatiq's. `capacity`
     limits what a worker holds (see `JobBroker`); leave it None for enqueueing."""
-    # dramatiq annotates little of RedisBroker (its __init__ not at all).
-    broker: JobBroker = JobBroker(  # type: ignore[no-untyped-call]
+    return JobBroker(
         client=client,
         namespace=keys.broker_namespace,
-        heartbeat_timeout=milliseconds(heartbeat_timeout),
-        middleware=list(middleware),
+        heartbeat_timeout_ms=milliseconds(heartbeat_timeout),
+        middleware=middleware,
+        capacity=capacity,
+        fetch_wait=fetch_wait,
     )
-    broker._gate = threading.Condition()
-    broker.capacity = capacity
-    return broker
 
 
 def job_message(
@@ -447,10 +382,9 @@ class DramatiqJobQueue:
         async def read() -> list[Any]:
             async with self.client.pipeline(transaction=False) as pipe:
                 for queue in self.queues:
-                    pipe.llen(f"{prefix}:{queue}")
-                    pipe.llen(f"{prefix}:{queue}.DQ")
-                    # dramatiq RPUSHes and LPOPs: the head of the list waited longest.
-                    pipe.lindex(f"{prefix}:{queue}", 0)
+                    pipe.llen(queue_key(prefix, queue))
+                    pipe.llen(delay_queue_key(prefix, queue))
+                    pipe.lindex(queue_key(prefix, queue), 0)
                 pipe.zcard(self.keys.dead)
                 return list(await pipe.execute())
 
@@ -472,17 +406,12 @@ class DramatiqJobQueue:
         return JobStats(queues=queues, states=states)
 
     async def _age(self, queue: str, message_id: str, now: float) -> float | None:
-        raw = await self._run(
-            "job stats",
-            lambda: self.client.hget(f"{self.keys.broker_namespace}:{queue}.msgs", message_id),
-        )
+        key = messages_key(self.keys.broker_namespace, queue)
+        raw: Any = await self._run("job stats", lambda: self.client.hget(key, message_id))
         if raw is None:
             return None  # taken by a worker meanwhile
-        try:
-            sent = msgspec.json.decode(raw)["message_timestamp"] / 1000
-        except (msgspec.DecodeError, KeyError, TypeError):
-            return None
-        return max(0.0, now - float(sent))
+        sent = enqueued_at(bytes(raw))
+        return None if sent is None else max(0.0, now - sent)
 
     async def list_jobs(
         self,

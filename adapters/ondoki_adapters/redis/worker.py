@@ -37,7 +37,6 @@ import dramatiq
 import redis
 import redis.exceptions as rex
 from anyio.streams.memory import MemoryObjectReceiveStream
-from dramatiq.common import dq_name
 
 from ondoki.domain import jobs
 from ondoki.domain.jobs import Context, JobKinds
@@ -45,10 +44,10 @@ from ondoki.errors import JobQueueError
 from ondoki.models import FINAL_STATES, JobRecord
 from ondoki.ports.jobs import JobNotify
 from ondoki_adapters.redis.connection import describe, milliseconds
+from ondoki_adapters.redis.dramatiq_surface import JobBroker, JobWorker
 from ondoki_adapters.redis.jobs import (
     ACTOR,
     BACKOFF_OPTION,
-    JobBroker,
     JobKeys,
     blocking,
     blocking_client,
@@ -376,12 +375,11 @@ class _Runner:
         assert self.broker is not None
         broker = self.broker
         for queue in self.queues:
-            for name in (queue, dq_name(queue)):
-                try:
-                    blocking("broker maintenance", partial(broker.do_qsize, name))
-                except JobQueueError as exc:
-                    log.warning("%s", exc)
-                    return
+            try:
+                blocking("broker maintenance", partial(broker.maintain, queue))
+            except JobQueueError as exc:
+                log.warning("%s", exc)
+                return
 
 
 class _BackoffOver(dramatiq.Middleware):
@@ -464,6 +462,7 @@ async def run_worker(
         heartbeat_timeout=options.heartbeat_timeout,
         middleware=[_BackoffOver(runner)],
         capacity=threads,
+        fetch_wait=options.poll_interval,
     )
     runner.broker = broker
     dramatiq.Actor(
@@ -476,18 +475,17 @@ async def run_worker(
     )
     for queue in queues:
         broker.declare_queue(queue)
-    worker = dramatiq.Worker(
-        broker,
-        queues=set(queues),
-        worker_timeout=milliseconds(options.poll_interval),
-        worker_threads=threads,
-    )
     # dramatiq's default holds 2 messages per thread and queue; the broker's `capacity`
     # keeps the whole worker to what it can run at once. One more than that per queue lets
     # a consumer ask for the next message while the current one is being acked: the gate
     # then hands it over as soon as the slot is free (see JobBroker.do_fetch).
-    worker.queue_prefetch = threads + 1
-    broker.fetch_wait = options.poll_interval
+    worker = JobWorker(
+        broker,
+        queues=set(queues),
+        worker_timeout_ms=milliseconds(options.poll_interval),
+        worker_threads=threads,
+        queue_prefetch=threads + 1,
+    )
 
     async with anyio.create_task_group() as root:
         root.start_soon(_housekeeping, runner, receive, notify, options)
