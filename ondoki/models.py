@@ -97,3 +97,28 @@ class JobPage(msgspec.Struct):
 
     jobs: list[JobRecord]
     next_cursor: str | None = None
+
+
+class WorkerJob(msgspec.Struct, kw_only=True):
+    """A job a worker is running now, as far as its last heartbeat tells."""
+
+    job_id: str
+    kind: str
+    attempt: int
+    started_at: float
+    stage: str | None = None
+    progress: float = 0.0
+
+
+class WorkerInfo(msgspec.Struct, kw_only=True):
+    """A worker process as it registered itself; `alive` is False once its heartbeat is
+    older than the heartbeat timeout (it crashed or lost Redis: its jobs will be retried)."""
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    started_at: float
+    heartbeat_at: float
+    jobs: list[WorkerJob] = msgspec.field(default_factory=list)
+    alive: bool = True

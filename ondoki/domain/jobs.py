@@ -138,6 +138,15 @@ def check_queue(queue: str, queues: tuple[str, ...]) -> str:
     return queue
 
 
+#: How many recent failed attempts the queues remember (see `JobQueue.failures`).
+FAILURES_KEPT = 100
+
+
+def is_failure(before: JobRecord | None, after: JobRecord) -> bool:
+    """Whether storing `after` over `before` records a failed attempt."""
+    return after.state in ("failed", "dead") and (before is None or before.state != after.state)
+
+
 #: The most jobs one page of `JobQueue.list_jobs` may ask for.
 MAX_PAGE = 1000
 

@@ -134,6 +134,7 @@ def build_jobs(settings: Settings, kinds: JobKinds, notify: JobNotify) -> JobQue
         namespace=settings.namespace,
         record_ttl=settings.job_record_ttl_seconds,
         timeout=settings.redis_timeout_seconds,
+        worker_timeout=settings.worker_heartbeat_timeout_seconds,
     )
 
 

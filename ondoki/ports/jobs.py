@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ondoki.models import JobPage, JobRecord, JobState, JobStats
+from ondoki.models import JobPage, JobRecord, JobState, JobStats, WorkerInfo
 
 
 class JobContext(Protocol):
@@ -100,6 +100,17 @@ class JobQueue(Protocol):
 
     async def retry(self, job_id: str) -> JobRecord:
         """Queue a dead job again with a fresh set of attempts; `JobStateError` if not dead."""
+        ...
+
+    async def failures(self, *, limit: int = 50) -> list[JobRecord]:
+        """The most recent failed attempts, newest first, as their records were when they
+        failed (`failed`, to be retried, or `dead`); at most the last 100 are kept."""
+        ...
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The workers that registered themselves, live ones first, each with what it is
+        running; a worker silent past the heartbeat timeout is listed with `alive` False
+        for a day, one that stopped cleanly is not listed."""
         ...
 
     async def stats(self) -> JobStats:

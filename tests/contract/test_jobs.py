@@ -325,3 +325,45 @@ async def test_list_jobs_refuses_bad_arguments(jobs: JobQueue) -> None:
     for bad in ({"limit": 0}, {"limit": 1001}, {"state": "sleeping"}, {"cursor": "%%%"}):
         with pytest.raises(InvalidInput):
             await jobs.list_jobs("alice", **bad)
+
+
+async def test_workers_register_with_what_they_run(
+    jobs: JobQueue, job_events: JobEvents, tmp_path: Path
+) -> None:
+    job_id = await jobs.enqueue("test.block", payload(tmp_path, name="seen"))
+    await appears(tmp_path / "seen.started")
+    with anyio.fail_after(10):
+        while True:
+            workers = await jobs.workers()
+            if workers and workers[0].jobs:
+                break
+            await anyio.sleep(0.05)
+    [worker] = workers
+    assert worker.alive
+    assert worker.pid > 0 and worker.host
+    assert set(worker.queues) == {"celery", "media"}
+    assert worker.started_at <= worker.heartbeat_at <= time.time() + 1
+    [running] = worker.jobs
+    assert (running.job_id, running.kind, running.attempt) == (job_id, "test.block", 1)
+    await jobs.cancel(job_id)
+    await finished(jobs, job_id)
+    with anyio.fail_after(10):
+        while True:
+            [worker] = await jobs.workers()
+            if not worker.jobs:
+                break
+            await anyio.sleep(0.05)
+
+
+async def test_failures_lists_recent_failed_attempts_newest_first(
+    jobs: JobQueue, tmp_path: Path
+) -> None:
+    assert await jobs.failures() == []
+    flaky = await jobs.enqueue("test.flaky", payload(tmp_path, succeed_on=2))
+    await finished(jobs, flaky)
+    broken = await jobs.enqueue("test.broken", payload(tmp_path))
+    await finished(jobs, broken)
+    failures = await jobs.failures()
+    assert [(r.id, r.state) for r in failures] == [(broken, "dead"), (flaky, "failed")]
+    assert failures[1].error == "RetryableJobError: not yet (attempt 1)"
+    assert [r.id for r in await jobs.failures(limit=1)] == [broken]

@@ -82,7 +82,8 @@ def workers(fresh_redis: RedisServer, tmp_path: Path) -> Iterator[Workers]:
 
 @pytest.fixture
 async def queue(fresh_redis: RedisServer) -> AsyncIterator[DramatiqJobQueue]:
-    jobs = DramatiqJobQueue(fresh_redis.url(1), kinds=build_kinds())
+    # The workers' heartbeat timeout (see worker_main), for telling dead workers.
+    jobs = DramatiqJobQueue(fresh_redis.url(1), kinds=build_kinds(), worker_timeout=2.0)
     yield jobs
     await jobs.aclose()
 
@@ -126,9 +127,20 @@ async def test_a_killed_workers_job_is_finished_by_the_next_worker(
     job_id = await queue.enqueue("test.slow", {"dir": str(tmp_path), "seconds": 1.5})
     await appears(f"intervals/{job_id}.1.*", tmp_path)
     await anyio.sleep(0.2)
+    [registered] = await queue.workers()
+    assert (registered.pid, registered.alive) == (first.pid, True)
+    assert [job.job_id for job in registered.jobs] == [job_id]
     first.kill()
     first.wait(10)
     assert (await queue.get(job_id)).state == "running"
+    # Listed as dead once its heartbeat is past the timeout, with the job it died on.
+    with anyio.fail_after(10):
+        while True:
+            [dead] = await queue.workers()
+            if not dead.alive:
+                break
+            await anyio.sleep(0.1)
+    assert dead.pid == first.pid and [job.job_id for job in dead.jobs] == [job_id]
 
     workers.start()
     record = await finished(queue, job_id)
@@ -224,6 +236,7 @@ async def test_sigterm_stops_gracefully_and_gives_the_job_back(
     await appears(f"intervals/{running}.1.*", tmp_path)
     first.send_signal(signal.SIGTERM)
     assert await exits(first, within=10) == 0
+    assert await queue.workers() == []  # it left the registry
     interrupted = await queue.get(running)
     assert (interrupted.state, interrupted.attempts) == ("queued", 0)
     assert (await queue.get(waiting)).state == "queued"

@@ -253,3 +253,28 @@ def test_users_list_their_own_jobs_and_imports(app: App, video: bytes) -> None:
     error_of(app.client.get("/jobs"), 401)
     error_of(app.client.get("/imports", headers=app.internal), 401)
     app.wait(upload, alice, "succeeded")
+
+
+def test_admin_routes_show_queues_workers_failures_and_replay_dead_jobs(app: App) -> None:
+    alice = app.login("alice")
+    job_id = app.enqueue("test.fails", "alice")
+    app.wait(job_id, alice, "dead")
+    for path in ("queues", "workers", "jobs/dead", "jobs/failures"):
+        error_of(app.client.get(f"/internal/admin/{path}", headers=alice), 401)
+    queues = app.client.get("/internal/admin/queues", headers=app.internal).json()
+    assert set(queues["queues"]) == {"celery", "media"}
+    assert queues["queues"]["celery"]["waiting"] == 0
+    [worker] = app.client.get("/internal/admin/workers", headers=app.internal).json()["workers"]
+    assert worker["alive"] and worker["pid"] == os.getpid()
+    dead = app.client.get("/internal/admin/jobs/dead", headers=app.internal).json()["jobs"]
+    assert [(job["id"], job["error"]) for job in dead] == [
+        (job_id, "ValueError: this job always fails")
+    ]
+    failed = app.client.get("/internal/admin/jobs/failures", headers=app.internal).json()
+    assert [job["id"] for job in failed["jobs"]] == [job_id]
+    error_of(app.client.get("/internal/admin/jobs/dead?limit=0", headers=app.internal), 422)
+    retried = app.client.post(f"/internal/admin/jobs/{job_id}/retry", headers=app.internal)
+    assert retried.status_code == 202 and retried.json()["state"] == "queued"
+    app.wait(job_id, alice, "dead")
+    again = app.client.post("/internal/admin/jobs/nope/retry", headers=app.internal)
+    error_of(again, 404)

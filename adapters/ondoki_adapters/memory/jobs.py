@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ondoki.domain import jobs
 from ondoki.domain.jobs import Context, JobKinds
 from ondoki.errors import JobQueueError, NotFound
-from ondoki.models import FINAL_STATES, JobPage, JobRecord, JobState, JobStats, QueueStats
+from ondoki.models import (
+    FINAL_STATES,
+    JobPage,
+    JobRecord,
+    JobState,
+    JobStats,
+    QueueStats,
+    WorkerInfo,
+    WorkerJob,
+)
 from ondoki.ports.jobs import JobNotify
 
 log = logging.getLogger("ondoki.domain.jobs.memory")
@@ -70,6 +81,9 @@ class MemoryJobQueue:
         # Unbounded like a Redis list: enqueue never waits for the runners.
         self._send, self._receive = anyio.create_memory_object_stream[tuple[str, int]](math.inf)
         self._running: set[str] = set()
+        # The most recent failed attempts, newest last.
+        self._failures: deque[JobRecord] = deque(maxlen=jobs.FAILURES_KEPT)
+        self._started_at: float | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
         # Set from the event loop, read by handler threads at their checkpoints.
         self._stopping = threading.Event()
@@ -96,6 +110,8 @@ class MemoryJobQueue:
 
     def _store(self, record: JobRecord, payload: dict[str, Any] | None = None) -> None:
         entry = self._entries.pop(record.id, None)
+        if jobs.is_failure(entry.record if entry else None, record):
+            self._failures.append(record)
         if payload is None:
             payload = entry.payload if entry is not None else {}
         self._entries[record.id] = _Entry(record, payload, time.monotonic() + self.record_ttl)
@@ -209,6 +225,36 @@ class MemoryJobQueue:
         found.sort(key=lambda r: r.finished_at or 0.0, reverse=True)
         return found[: max(0, limit)]
 
+    async def failures(self, *, limit: int = 50) -> list[JobRecord]:
+        return list(reversed(self._failures))[: max(0, limit)]
+
+    async def workers(self) -> list[WorkerInfo]:
+        # The embedded runner is the one worker, alive for as long as `run` runs.
+        if self._started_at is None:
+            return []
+        running = [self._entries[j].record for j in self._running if j in self._entries]
+        return [
+            WorkerInfo(
+                id=f"embedded-{socket.gethostname()}-{os.getpid()}",
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                queues=list(self.queues),
+                started_at=self._started_at,
+                heartbeat_at=time.time(),
+                jobs=[
+                    WorkerJob(
+                        job_id=r.id,
+                        kind=r.kind,
+                        attempt=r.attempts,
+                        started_at=r.started_at or r.updated_at,
+                        stage=r.stage,
+                        progress=r.progress,
+                    )
+                    for r in running
+                ],
+            )
+        ]
+
     async def stats(self) -> JobStats:
         self._sweep()
         now = time.time()
@@ -262,6 +308,7 @@ class MemoryJobQueue:
         self._stopping.clear()
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
+            self._started_at = time.time()
             for _ in range(self.concurrency):
                 tasks.start_soon(self._runner)
             task_status.started()
@@ -270,6 +317,7 @@ class MemoryJobQueue:
             finally:
                 self._stopping.set()
                 self._tasks = None
+                self._started_at = None
 
     async def _runner(self) -> None:
         async for job_id, token in self._receive:

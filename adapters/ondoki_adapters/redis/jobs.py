@@ -10,6 +10,10 @@ Layout, all on the broker's database (CELERY_BROKER_URL, DB 1 by default):
 - `{ns}:jobs:owner:{owner}`: sorted set of the owner's job ids by creation time, for
   `list_jobs`; written with the record, entries created more than the record TTL ago are
   pruned on every enqueue (ids whose record expired sooner are pruned when listed).
+- `{ns}:jobs:failures`: list of the records of the last 100 failed attempts, newest first.
+- `{ns}:workers`: sorted set of worker ids by last heartbeat (UNIX seconds), and
+  `{ns}:worker:{id}`: that worker's `WorkerInfo` (msgspec JSON), both written by the worker
+  on every heartbeat (see `ondoki_adapters.redis.worker`); entries silent for a day go.
 - `{ns}:job-lease:{id}`: the worker running the job (SET NX PX, renewed while it runs).
 - `{ns}:jobs:dead`: sorted set of dead job ids by finish time; members older than the record
   TTL are pruned when read, and the key itself gets the record TTL on every write.
@@ -44,7 +48,7 @@ from redis.retry import Retry
 from ondoki.domain import jobs
 from ondoki.domain.jobs import JobKinds
 from ondoki.errors import ConfigError, JobQueueError, NotFound
-from ondoki.models import JobPage, JobRecord, JobState, JobStats, QueueStats
+from ondoki.models import JobPage, JobRecord, JobState, JobStats, QueueStats, WorkerInfo
 from ondoki.ports.jobs import JobNotify
 from ondoki.support.redact import redact_url
 from ondoki_adapters.redis.connection import call, connect, describe, milliseconds
@@ -98,6 +102,11 @@ class JobKeys:
         self.namespace = namespace
         self.broker_namespace = f"{namespace}:dramatiq"
         self.dead = f"{namespace}:jobs:dead"
+        self.failures = f"{namespace}:jobs:failures"
+        self.workers = f"{namespace}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.namespace}:worker:{worker_id}"
 
     def job(self, job_id: str) -> str:
         return f"{self.namespace}:job:{job_id}"
@@ -113,6 +122,14 @@ class JobKeys:
         # Hashed: keys are caller-chosen text of any length.
         digest = hashlib.sha256(f"{owner or ''}\0{kind}\0{key}".encode()).hexdigest()
         return f"{self.namespace}:job-idem:{digest}"
+
+
+#: How long a worker that stopped heartbeating stays listed (as dead).
+WORKER_FORGOTTEN_AFTER = 86_400.0
+
+
+def decode_worker(raw: bytes | str) -> WorkerInfo:
+    return msgspec.json.decode(raw, type=WorkerInfo)
 
 
 def encode_record(record: JobRecord) -> bytes:
@@ -139,6 +156,10 @@ def stage_write(
         pipe.pexpire(keys.dead, ttl_ms)
     elif before is not None and before.state == "dead":
         pipe.zrem(keys.dead, after.id)
+    if jobs.is_failure(before, after):
+        pipe.lpush(keys.failures, encode_record(after))
+        pipe.ltrim(keys.failures, 0, jobs.FAILURES_KEPT - 1)
+        pipe.pexpire(keys.failures, ttl_ms)
 
 
 def build_broker(
@@ -220,6 +241,7 @@ class DramatiqJobQueue:
         queues: tuple[str, ...] = jobs.DEFAULT_QUEUES,
         record_ttl: float = jobs.DEFAULT_RECORD_TTL,
         timeout: float = 5.0,
+        worker_timeout: float = 60.0,
     ) -> None:
         if (client is None) != (sync_client is None):
             raise ValueError("DramatiqJobQueue needs a url, or both client and sync_client")
@@ -240,6 +262,8 @@ class DramatiqJobQueue:
         self.queues = queues
         self.keys = JobKeys(namespace)
         self.record_ttl = record_ttl
+        #: A worker whose last heartbeat is older than this is listed as dead.
+        self.worker_timeout = worker_timeout
         self._ttl_ms = milliseconds(record_ttl)
         self.broker = build_broker(sync_client, self.keys)
         self._enqueue_script = client.register_script(_ENQUEUE)
@@ -375,6 +399,37 @@ class DramatiqJobQueue:
             return before
         await jobs.tell(self.notify, after)
         return after
+
+    async def failures(self, *, limit: int = 50) -> list[JobRecord]:
+        if limit <= 0:
+            return []
+        raws = await self._run(
+            "job failures", lambda: self.client.lrange(self.keys.failures, 0, limit - 1)
+        )
+        return [decode_record(raw) for raw in raws]
+
+    async def workers(self) -> list[WorkerInfo]:
+        now = time.time()
+
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zremrangebyscore(self.keys.workers, "-inf", now - WORKER_FORGOTTEN_AFTER)
+                pipe.zrange(self.keys.workers, 0, -1)
+                _, ids = await pipe.execute()
+            if not ids:
+                return []
+            values: list[Any] = await self.client.mget(
+                [self.keys.worker(_text(worker_id)) for worker_id in ids]
+            )
+            return values
+
+        found = [
+            decode_worker(raw) for raw in await self._run("job workers", read) if raw is not None
+        ]
+        for worker in found:
+            worker.alive = worker.heartbeat_at >= now - self.worker_timeout
+        found.sort(key=lambda worker: (not worker.alive, -worker.started_at))
+        return found
 
     async def stats(self) -> JobStats:
         prefix = self.keys.broker_namespace

@@ -21,7 +21,9 @@ redelivered message finds the record `running`, and `begin` counts the dead atte
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -34,6 +36,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import dramatiq
+import msgspec
 import redis
 import redis.exceptions as rex
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -41,13 +44,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ondoki.domain import jobs
 from ondoki.domain.jobs import Context, JobKinds
 from ondoki.errors import JobQueueError
-from ondoki.models import FINAL_STATES, JobRecord
+from ondoki.models import FINAL_STATES, JobRecord, WorkerInfo, WorkerJob
 from ondoki.ports.jobs import JobNotify
 from ondoki_adapters.redis.connection import describe, milliseconds
 from ondoki_adapters.redis.dramatiq_surface import JobBroker, JobWorker
 from ondoki_adapters.redis.jobs import (
     ACTOR,
     BACKOFF_OPTION,
+    WORKER_FORGOTTEN_AFTER,
     JobKeys,
     blocking,
     blocking_client,
@@ -147,6 +151,12 @@ class _Runner:
         self._lock = threading.Lock()
         self._held: dict[str, str] = {}
         self._lost: set[str] = set()
+        # What this worker runs now, for its registry entry (see `heartbeat`).
+        self._current: dict[str, WorkerJob] = {}
+        self.started_at = time.time()
+        # Held across a registry write, so that no heartbeat lands after `deregister`.
+        self._registry = threading.Lock()
+        self._deregistered = False
 
     # -- Redis, from threads ------------------------------------------------------------------
 
@@ -288,7 +298,15 @@ class _Runner:
                 stopping=self.stopping,
                 check_interval=self.options.cancel_check_interval,
             )
-            outcome = jobs.execute(kind, ctx, payload)
+            with self._lock:
+                self._current[job_id] = WorkerJob(
+                    job_id=job_id, kind=kind.name, attempt=record.attempts, started_at=time.time()
+                )
+            try:
+                outcome = jobs.execute(kind, ctx, payload)
+            finally:
+                with self._lock:
+                    self._current.pop(job_id, None)
         else:
             outcome = jobs.Outcome("dead", error=f"unknown job kind {record.kind!r}")
 
@@ -324,6 +342,10 @@ class _Runner:
             return True
         if changed is None:
             return False
+        with self._lock:
+            current = self._current.get(job_id)
+            if current is not None:
+                current.stage, current.progress = stage, progress
         self.emit(changed)
         return True
 
@@ -369,6 +391,59 @@ class _Runner:
                 log.warning("job %s: lease expired before it could be renewed", job_id)
                 with self._lock:
                     self._lost.add(job_id)
+
+    def heartbeat(self) -> None:
+        """Register (or refresh) this worker in `{ns}:workers`, with what it runs now."""
+        assert self.broker is not None
+        worker_id, now = self.broker.broker_id, time.time()
+        with self._lock:
+            running = [msgspec.structs.replace(job) for job in self._current.values()]
+        info = WorkerInfo(
+            id=worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=list(self.queues),
+            started_at=self.started_at,
+            heartbeat_at=now,
+            jobs=running,
+        )
+
+        def write() -> None:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(
+                    self.keys.worker(worker_id),
+                    msgspec.json.encode(info),
+                    px=milliseconds(WORKER_FORGOTTEN_AFTER),
+                )
+                pipe.zadd(self.keys.workers, {worker_id: now})
+                pipe.zremrangebyscore(self.keys.workers, "-inf", now - WORKER_FORGOTTEN_AFTER)
+                pipe.execute()
+
+        with self._registry:
+            if self._deregistered:
+                return
+            try:
+                blocking("worker heartbeat", write)
+            except JobQueueError as exc:
+                log.warning("%s", exc)
+
+    def deregister(self) -> None:
+        """Leave the registry: a worker that stopped cleanly is not listed as dead."""
+        assert self.broker is not None
+        worker_id = self.broker.broker_id
+
+        def remove() -> None:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.keys.workers, worker_id)
+                pipe.delete(self.keys.worker(worker_id))
+                pipe.execute()
+
+        with self._registry:
+            self._deregistered = True
+            try:
+                blocking("worker deregistration", remove)
+            except JobQueueError as exc:
+                log.warning("%s", exc)
 
     def maintain(self) -> None:
         """Heartbeat, and requeue the messages of dead workers, on every queue we serve."""
@@ -499,6 +574,7 @@ async def run_worker(
                 runner.stopping.set()
                 try:
                     await anyio.to_thread.run_sync(worker.stop, milliseconds(options.stop_timeout))
+                    await anyio.to_thread.run_sync(runner.deregister)
                 finally:
                     # Ends the housekeeping once the last notification is out.
                     send.close()
@@ -527,6 +603,7 @@ async def _housekeeping(
     with anyio.CancelScope(shield=True):
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_every, options.requeue_interval, runner.maintain)
+            tasks.start_soon(_every, options.requeue_interval, runner.heartbeat)
             tasks.start_soon(_every, options.lease_ttl / 3, runner.renew_leases)
             async with receive:
                 async for record in receive:

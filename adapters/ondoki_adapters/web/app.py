@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from ondoki import errors
 from ondoki.entrypoints.services import Services
+from ondoki_adapters.web import admin
 from ondoki_adapters.web.direct import DirectFrames
 from ondoki_adapters.web.http import MalformedBody, UnsupportedMediaType, error_response
 from ondoki_adapters.web.metrics import MetricsEndpoint
@@ -83,7 +84,7 @@ def create_app(open_services: ServicesFactory) -> Starlette:
     registry = CollectorRegistry(auto_describe=True)
     metrics = MetricsEndpoint(registry)
     return Starlette(
-        routes=[*routes, Route("/metrics", metrics.handle, methods=["GET"])],
+        routes=[*routes, *admin.routes, Route("/metrics", metrics.handle, methods=["GET"])],
         # DirectFrames first: it needs the server's own `send`, unwrapped.
         middleware=[
             Middleware(DirectFrames),

@@ -21,6 +21,7 @@ from ondoki_adapters.web.http import (
     UnsupportedMediaType,
     check_json,
     json_response,
+    query_limit,
     read_body,
     read_json,
     require_json,
@@ -123,13 +124,6 @@ async def job(request: Request) -> Response:
     return json_response(public(record))
 
 
-def _limit(request: Request, default: int, maximum: int) -> int:
-    raw = request.query_params.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise InvalidInput(f"limit must be an integer from 1 to {maximum}, got {raw[:32]!r}")
-    return int(raw)
-
-
 async def _list_jobs(request: Request, kind: str | None) -> Response:
     _, session, _ = await require_session(request)
     params = request.query_params
@@ -139,7 +133,7 @@ async def _list_jobs(request: Request, kind: str | None) -> Response:
         session.user_id,
         state=state,
         kind=kind,
-        limit=_limit(request, 50, 200),
+        limit=query_limit(request, 50, 200),
         cursor=params.get("cursor"),
     )
     return json_response(
@@ -202,7 +196,7 @@ async def import_frame(request: Request) -> Response:
 
 async def dead_jobs(request: Request) -> Response:
     require_api_key(request)
-    dead = await services(request).jobs.dead(limit=_limit(request, 100, 1000))
+    dead = await services(request).jobs.dead(limit=query_limit(request, 100, 1000))
     return json_response({"jobs": [public(record) for record in dead]})
 
 
