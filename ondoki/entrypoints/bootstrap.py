@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -23,7 +23,7 @@ from ondoki.domain.state import TemporaryState
 from ondoki.entrypoints.services import Services
 from ondoki.errors import ConfigError, OndokiError
 from ondoki.ports.cache import Cache
-from ondoki.ports.jobs import JobNotify, JobQueue
+from ondoki.ports.jobs import JobNotify, JobObserver, JobQueue
 from ondoki.ports.pubsub import PubSub
 from ondoki.support.redact import redact_url
 from ondoki.support.settings import Settings, with_db
@@ -124,7 +124,12 @@ def build_jobs(settings: Settings, kinds: JobKinds, notify: JobNotify) -> JobQue
     if settings.broker is None:
         from ondoki_adapters.memory.jobs import MemoryJobQueue
 
-        return MemoryJobQueue(kinds, notify=notify, record_ttl=settings.job_record_ttl_seconds)
+        return MemoryJobQueue(
+            kinds,
+            notify=notify,
+            record_ttl=settings.job_record_ttl_seconds,
+            time_limits=settings.job_time_limits,
+        )
     from ondoki_adapters.redis.jobs import DramatiqJobQueue
 
     return DramatiqJobQueue(
@@ -256,6 +261,11 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
     if unknown:
         raise ConfigError("--queues", f"no job kind uses {', '.join(sorted(unknown))}")
     async with AsyncExitStack() as stack, anyio.create_task_group() as tasks:
+        observer: JobObserver | None = None
+        if settings.worker_metrics_port is not None:
+            observer = stack.enter_context(
+                worker_metrics(settings.host, settings.worker_metrics_port)
+            )
         pubsub = build_pubsub(settings)
         stack.push_async_callback(pubsub.aclose)
         await tasks.start(pubsub.run)
@@ -270,6 +280,8 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
             threads=1,
             record_ttl=settings.job_record_ttl_seconds,
             handle_signals=True,
+            time_limits=settings.job_time_limits,
+            observer=observer,
             options=WorkerOptions(
                 heartbeat_timeout=settings.worker_heartbeat_timeout_seconds,
                 requeue_interval=settings.worker_requeue_interval_seconds,
@@ -277,6 +289,33 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
                 poll_interval=settings.worker_poll_interval_seconds,
                 stop_timeout=settings.worker_stop_timeout_seconds,
                 redis_timeout=settings.redis_timeout_seconds,
+                time_limit_grace=settings.job_time_limit_grace_seconds,
             ),
         )
         tasks.cancel_scope.cancel()
+
+
+@contextmanager
+def worker_metrics(host: str, port: int) -> Iterator[JobObserver]:
+    """Serve the worker's metrics (jobs, and the process's own) on `host:port` while in
+    the block; `ConfigError` naming the address when it cannot be bound."""
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    from ondoki_adapters.prometheus.jobs import JobMetrics, serve_metrics
+
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    metrics = JobMetrics(registry)
+    try:
+        server, thread = serve_metrics(registry, host, port)
+    except OSError as exc:
+        raise ConfigError(
+            "ONDOKI_WORKER_METRICS_PORT", f"cannot serve metrics on {host}:{port}: {exc.strerror}"
+        ) from None
+    log.info("worker metrics on http://%s:%d/metrics", host, port)
+    try:
+        yield metrics
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

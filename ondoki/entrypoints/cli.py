@@ -31,9 +31,21 @@ def _parser() -> argparse.ArgumentParser:
         default="celery,media",
         help="comma-separated queues to consume (default: celery,media)",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        help="serve Prometheus metrics on this port, on ONDOKI_HOST "
+        "(default: ONDOKI_WORKER_METRICS_PORT; unset: none)",
+    )
     doctor = commands.add_parser("doctor", help="check the configured Redis servers")
     doctor.add_argument("--json", action="store_true", help="machine-readable findings")
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {text!r}")
+    return int(text)
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -135,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "doctor":
             return doctor(settings, args.json)
         if args.command == "worker":
+            if args.metrics_port is not None:
+                settings.worker_metrics_port = args.metrics_port
             _configure_logging(settings)
             queues = tuple(q.strip() for q in args.queues.split(",") if q.strip())
             if not queues:

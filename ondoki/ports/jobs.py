@@ -28,6 +28,26 @@ class JobContext(Protocol):
 #: `RetryableJobError` for failures worth another attempt; any other exception is final.
 JobHandler = Callable[[JobContext, dict[str, Any]], Any]
 
+
+class JobObserver(Protocol):
+    """Told how attempts and their stages went, for metrics. Called from handler threads;
+    it must be quick and must not raise."""
+
+    def attempt_started(self, kind: str, attempt: int) -> None:
+        """An attempt (1 for the first) of a job of `kind` starts its handler."""
+        ...
+
+    def attempt_ended(self, kind: str, outcome: str, attempt: int, seconds: float) -> None:
+        """The handler returned after `seconds`. `outcome`: `succeeded`, `retry` (another
+        attempt follows), `dead`, `timed_out` (dead: past its time limit), `cancelled` or
+        `interrupted` (the worker is stopping; the attempt is given back)."""
+        ...
+
+    def stage_ended(self, kind: str, stage: str, seconds: float) -> None:
+        """A stage the handler reported lasted `seconds` (until the next stage or the end)."""
+        ...
+
+
 #: Told about every change of a job's record (state, stage, progress), on the event loop,
 #: after the change is stored; the service publishes `job.*` notifications with it. A
 #: failing callback is logged and never fails the job.

@@ -70,6 +70,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     worker_poll_interval_seconds: Seconds = 0.05
     worker_stop_timeout_seconds: Seconds = 600.0
 
+    # jobs: worker metrics and time limits (docs/jobs.md)
+    worker_metrics_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    job_time_limit_seconds: str = "media.import=28800,*=3600"
+    job_time_limit_grace_seconds: Seconds = 300.0
+
     cache_default_ttl_seconds: Seconds = 86_400.0
     memory_cache_max_entries: Positive = 100_000
     memory_cache_max_bytes: Positive = 64 * 1024 * 1024
@@ -91,6 +96,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         """The job results URL: `CELERY_RESULT_BACKEND`, else the broker's."""
         return self.result_backend if self.result_backend is not None else self.broker
 
+    @property
+    def job_time_limits(self) -> dict[str, float]:
+        """`job_time_limit_seconds` parsed: kind -> seconds, `*` for every other kind."""
+        return parse_time_limits(self.job_time_limit_seconds)
+
     def describe(self) -> dict[str, Any]:
         """The settings with every secret redacted, for logs and `doctor`."""
         shown = msgspec.structs.asdict(self)
@@ -105,6 +115,27 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 # Variables that were read once, and what replaced them: silently ignoring one would leave
 # an operator believing it still applies.
 _RENAMED = {"ONDOKI_WS_QUEUE_SIZE": "ONDOKI_WS_SEND_BUFFER_BYTES (a bound in bytes)"}
+
+
+def parse_time_limits(text: str) -> dict[str, float]:
+    """`14400` (every kind) or `kind=seconds,...` with `*=seconds` for the kinds not named;
+    `ValueError` naming what is wrong."""
+    text = text.strip()
+    if "=" not in text:
+        text = f"*={text}"
+    limits: dict[str, float] = {}
+    for item in text.split(","):
+        kind, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not kind:
+            raise ValueError(f"expected kind=seconds, got {item.strip()!r}")
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise ValueError(f"{kind}: {value!r} is not a number of seconds") from None
+        if not seconds > 0 or seconds == float("inf"):
+            raise ValueError(f"{kind}: the limit must be a positive number of seconds")
+        limits[kind] = seconds
+    return limits
 
 
 def env_name(field: str) -> str:
@@ -200,6 +231,10 @@ def _check(settings: Settings) -> None:
             "ONDOKI_WORKER_REQUEUE_INTERVAL_SECONDS",
             "must be at most half of ONDOKI_WORKER_HEARTBEAT_TIMEOUT_SECONDS",
         )
+    try:
+        settings.job_time_limits  # noqa: B018 -- parsed to be checked
+    except ValueError as exc:
+        raise ConfigError("ONDOKI_JOB_TIME_LIMIT_SECONDS", str(exc)) from None
     if settings.session_ttl_seconds > settings.session_max_ttl_seconds:
         raise ConfigError(
             "ONDOKI_SESSION_TTL_SECONDS", "is larger than ONDOKI_SESSION_MAX_TTL_SECONDS"

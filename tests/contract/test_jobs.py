@@ -367,3 +367,15 @@ async def test_failures_lists_recent_failed_attempts_newest_first(
     assert [(r.id, r.state) for r in failures] == [(broken, "dead"), (flaky, "failed")]
     assert failures[1].error == "RetryableJobError: not yet (attempt 1)"
     assert [r.id for r in await jobs.failures(limit=1)] == [broken]
+
+
+async def test_a_job_past_its_time_limit_fails_for_good_at_its_next_checkpoint(
+    jobs: JobQueue, tmp_path: Path
+) -> None:
+    job_id = await jobs.enqueue("test.timeboxed", payload(tmp_path, name="boxed", limit=30))
+    record = await finished(jobs, job_id)
+    assert (record.state, record.attempts) == ("dead", 1)
+    assert record.error == "JobTimedOut: the job ran past its time limit of 0.3s"
+    assert (tmp_path / "boxed.stopped").read_text() == "JobTimedOut"
+    assert record.finished_at is not None and record.started_at is not None
+    assert record.finished_at - record.started_at < 10

@@ -21,6 +21,7 @@ import pytest
 from ondoki.errors import JobQueueError
 from ondoki.models import JobRecord
 from ondoki_adapters.redis.jobs import DramatiqJobQueue, job_message
+from ondoki_adapters.redis.worker import EXIT_REPLACED
 from tests import waits
 from tests.integration.worker_main import build_kinds
 from tests.redis_server import RedisServer
@@ -280,3 +281,24 @@ async def test_an_unreachable_broker_raises_job_queue_errors(fresh_redis: RedisS
             await operation()
         assert "Redis" in str(caught.value)
     await queue.aclose()
+
+
+async def test_a_job_stuck_past_its_time_limit_and_grace_has_its_worker_replaced(
+    workers: Workers, queue: DramatiqJobQueue, tmp_path: Path
+) -> None:
+    stuck_worker = workers.start()
+    job_id = await queue.enqueue("test.stuck", {"dir": str(tmp_path), "seconds": 60})
+    await appears("stuck.*", tmp_path)
+    # Limit 0.3 s, grace 0.5 s, watchdog every 0.25 s (worker_main).
+    assert await exits(stuck_worker, within=15) == EXIT_REPLACED
+    record = await queue.get(job_id)
+    assert (record.state, record.attempts) == ("dead", 1)
+    assert record.error is not None and "its worker was replaced" in record.error
+    assert "no checkpoint" in workers.log(0)
+    # The message it held comes back to a new worker, which leaves the dead job alone.
+    workers.start()
+    fresh = await queue.enqueue("demo.checksum", {"size": 10})
+    assert (await finished(queue, fresh)).state == "succeeded"
+    await anyio.sleep(2.5)  # past the heartbeat timeout: the held message is redelivered
+    assert (await queue.get(job_id)).state == "dead"
+    assert len(await appears("stuck.*", tmp_path)) == 1

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,7 @@ class MemoryJobQueue:
         queues: tuple[str, ...] = jobs.DEFAULT_QUEUES,
         record_ttl: float = jobs.DEFAULT_RECORD_TTL,
         max_records: int = 100_000,
+        time_limits: Mapping[str, float] | None = None,
     ) -> None:
         if concurrency < 1 or max_records < 1 or not record_ttl > 0:
             raise ValueError("concurrency, max_records and record_ttl must be positive")
@@ -71,6 +73,9 @@ class MemoryJobQueue:
         self.queues = queues
         self.record_ttl = record_ttl
         self.max_records = max_records
+        #: Kind -> seconds (`*` for the others): `checkpoint` fails a job past it. There
+        #: is no grace watchdog here: a handler that never checkpoints runs on.
+        self.time_limits = dict(time_limits or {})
         # Last-written first: with one TTL for all, this is also the order of expiry.
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         # (owner, kind, key) -> (job id, monotonic deadline), in order of expiry as well.
@@ -354,6 +359,7 @@ class MemoryJobQueue:
                 ),
                 is_cancelled=lambda: self._is_cancelled(job_id),
                 stopping=self._stopping,
+                time_limit=jobs.time_limit(self.time_limits, kind.name),
             )
             # Not abandoned on cancellation: a stopping service waits for the handler, which
             # sees `_stopping` at its next checkpoint.

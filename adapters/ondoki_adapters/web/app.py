@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -82,6 +82,8 @@ def create_app(open_services: ServicesFactory) -> Starlette:
             yield {"services": services}
 
     registry = CollectorRegistry(auto_describe=True)
+    # CPU, memory, open files and start time of this process (process_*).
+    ProcessCollector(registry=registry)
     metrics = MetricsEndpoint(registry)
     return Starlette(
         routes=[*routes, *admin.routes, Route("/metrics", metrics.handle, methods=["GET"])],
