@@ -122,3 +122,19 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     heartbeat_at: float
     jobs: list[WorkerJob] = msgspec.field(default_factory=list)
     alive: bool = True
+
+
+class InstanceInfo(msgspec.Struct, kw_only=True):
+    """An API instance (`ondoki serve` process) as it last announced itself: its open
+    WebSockets and whether its pub/sub connection answered."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    websockets: int = 0
+    notifications_published: int = 0
+    pubsub_ok: bool = True
+    pubsub_error: str | None = None
+    alive: bool = True

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import anyio.abc
@@ -22,6 +26,7 @@ from ondoki.domain.sessions import Sessions
 from ondoki.domain.state import TemporaryState
 from ondoki.entrypoints.services import Services
 from ondoki.errors import ConfigError, OndokiError
+from ondoki.models import InstanceInfo
 from ondoki.ports.cache import Cache
 from ondoki.ports.jobs import JobNotify, JobObserver, JobQueue
 from ondoki.ports.pubsub import PubSub
@@ -223,9 +228,48 @@ async def open_services(
             jobs=jobs,
             imports=imports,
             parts={"cache": cache, "pubsub": pubsub, "jobs": jobs},
+            diagnose=partial(_diagnose, settings),
         )
+        tasks.start_soon(announce, services, settings.worker_requeue_interval_seconds)
         yield services
         tasks.cancel_scope.cancel()
+
+
+async def _diagnose(settings: Settings) -> list[Any]:
+    from ondoki_adapters.redis.doctor import diagnose
+
+    return list(await diagnose(settings))
+
+
+async def announce(services: Services, interval: float) -> None:
+    """Announce this instance (open WebSockets, pub/sub health) in the deployment's
+    registry every `interval` seconds, for the operators' dashboard."""
+    started = time.time()
+    host, pid = socket.gethostname(), os.getpid()
+    instance_id = f"{host}-{pid}-{secrets.token_hex(3)}"
+    while True:
+        error: str | None = None
+        try:
+            with anyio.fail_after(2.0):
+                await services.pubsub.ping()
+        except (OndokiError, TimeoutError) as exc:
+            error = str(exc) or "no answer within 2s"
+        info = InstanceInfo(
+            id=instance_id,
+            host=host,
+            pid=pid,
+            started_at=started,
+            heartbeat_at=time.time(),
+            websockets=services.notifications.stats.connections,
+            notifications_published=services.notifications.publisher.published,
+            pubsub_ok=error is None,
+            pubsub_error=error,
+        )
+        try:
+            await services.jobs.announce(info)
+        except OndokiError as exc:
+            log.debug("instance not announced: %s", exc)
+        await anyio.sleep(interval)
 
 
 async def _report_reachability(settings: Settings, cache: Cache) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ondoki.models import JobPage, JobRecord, JobState, JobStats, WorkerInfo
+from ondoki.models import InstanceInfo, JobPage, JobRecord, JobState, JobStats, WorkerInfo
 
 
 class JobContext(Protocol):
@@ -131,6 +131,16 @@ class JobQueue(Protocol):
         """The workers that registered themselves, live ones first, each with what it is
         running; a worker silent past the heartbeat timeout is listed with `alive` False
         for a day, one that stopped cleanly is not listed."""
+        ...
+
+    async def announce(self, instance: InstanceInfo) -> None:
+        """Record (or refresh) an API instance in the deployment's registry, which lives
+        beside the workers' in the job backend: every instance and worker reaches it."""
+        ...
+
+    async def instances(self) -> list[InstanceInfo]:
+        """The API instances that announced themselves, live ones first; one silent past
+        the heartbeat timeout is listed with `alive` False for an hour."""
         ...
 
     async def stats(self) -> JobStats:

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from ondoki.errors import InvalidInput, JobStateError, NotFound
+from ondoki.models import InstanceInfo
 from ondoki.ports.jobs import JobQueue
 from tests.contract.conftest import JobEvents
 from tests.waits import finished
@@ -379,3 +381,13 @@ async def test_a_job_past_its_time_limit_fails_for_good_at_its_next_checkpoint(
     assert (tmp_path / "boxed.stopped").read_text() == "JobTimedOut"
     assert record.finished_at is not None and record.started_at is not None
     assert record.finished_at - record.started_at < 10
+
+
+async def test_instances_are_announced_and_refreshed(jobs: JobQueue) -> None:
+    assert await jobs.instances() == []
+    now = time.time()
+    first = InstanceInfo(id="api-1", host="h", pid=1, started_at=now, heartbeat_at=now)
+    await jobs.announce(first)
+    await jobs.announce(msgspec.structs.replace(first, websockets=3, heartbeat_at=now + 1))
+    [seen] = await jobs.instances()
+    assert (seen.id, seen.websockets, seen.alive) == ("api-1", 3, True)

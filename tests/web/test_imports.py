@@ -278,3 +278,29 @@ def test_admin_routes_show_queues_workers_failures_and_replay_dead_jobs(app: App
     app.wait(job_id, alice, "dead")
     again = app.client.post("/internal/admin/jobs/nope/retry", headers=app.internal)
     error_of(again, 404)
+
+
+def test_admin_page_and_assets_are_served_with_a_strict_policy(app: App) -> None:
+    page = app.client.get("/admin")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "sessionStorage" not in page.text  # the key handling is in admin.js, not inline
+    script = app.client.get("/admin/static/admin.js")
+    assert script.status_code == 200 and "sessionStorage" in script.text
+    assert "localStorage" not in script.text and "document.cookie" not in script.text
+    assert app.client.get("/admin/static/admin.css").status_code == 200
+    for name in ("index.html", "..%2Fadmin.py", "nope.js"):
+        error_of(app.client.get(f"/admin/static/{name}"), 404)
+
+
+def test_admin_instances_and_doctor(app: App) -> None:
+    for path in ("instances", "doctor"):
+        error_of(app.client.get(f"/internal/admin/{path}", headers=app.login("x")), 401)
+    [instance] = app.client.get("/internal/admin/instances", headers=app.internal).json()[
+        "instances"
+    ]
+    assert instance["alive"] and instance["pubsub_ok"] and instance["pid"] == os.getpid()
+    assert instance["websockets"] == 0
+    findings = app.client.get("/internal/admin/doctor", headers=app.internal).json()["findings"]
+    assert [(f["target"], f["severity"]) for f in findings] == [("memory", "info")]

@@ -23,6 +23,7 @@ from ondoki.domain.jobs import Context, JobKinds
 from ondoki.errors import JobQueueError, NotFound
 from ondoki.models import (
     FINAL_STATES,
+    InstanceInfo,
     JobPage,
     JobRecord,
     JobState,
@@ -89,6 +90,8 @@ class MemoryJobQueue:
         # The most recent failed attempts, newest last.
         self._failures: deque[JobRecord] = deque(maxlen=jobs.FAILURES_KEPT)
         self._started_at: float | None = None
+        # In one process there is one instance: the last announcement is the registry.
+        self._instance: InstanceInfo | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
         # Set from the event loop, read by handler threads at their checkpoints.
         self._stopping = threading.Event()
@@ -259,6 +262,12 @@ class MemoryJobQueue:
                 ],
             )
         ]
+
+    async def announce(self, instance: InstanceInfo) -> None:
+        self._instance = instance
+
+    async def instances(self) -> list[InstanceInfo]:
+        return [] if self._instance is None else [self._instance]
 
     async def stats(self) -> JobStats:
         self._sweep()

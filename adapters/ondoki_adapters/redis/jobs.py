@@ -14,6 +14,8 @@ Layout, all on the broker's database (CELERY_BROKER_URL, DB 1 by default):
 - `{ns}:workers`: sorted set of worker ids by last heartbeat (UNIX seconds), and
   `{ns}:worker:{id}`: that worker's `WorkerInfo` (msgspec JSON), both written by the worker
   on every heartbeat (see `ondoki_adapters.redis.worker`); entries silent for a day go.
+- `{ns}:instances` and `{ns}:instance:{id}`: the same for API instances (`announce`),
+  entries silent for an hour go.
 - `{ns}:job-lease:{id}`: the worker running the job (SET NX PX, renewed while it runs).
 - `{ns}:jobs:dead`: sorted set of dead job ids by finish time; members older than the record
   TTL are pruned when read, and the key itself gets the record TTL on every write.
@@ -48,7 +50,15 @@ from redis.retry import Retry
 from ondoki.domain import jobs
 from ondoki.domain.jobs import JobKinds
 from ondoki.errors import ConfigError, JobQueueError, NotFound
-from ondoki.models import JobPage, JobRecord, JobState, JobStats, QueueStats, WorkerInfo
+from ondoki.models import (
+    InstanceInfo,
+    JobPage,
+    JobRecord,
+    JobState,
+    JobStats,
+    QueueStats,
+    WorkerInfo,
+)
 from ondoki.ports.jobs import JobNotify
 from ondoki.support.redact import redact_url
 from ondoki_adapters.redis.connection import call, connect, describe, milliseconds
@@ -104,6 +114,10 @@ class JobKeys:
         self.dead = f"{namespace}:jobs:dead"
         self.failures = f"{namespace}:jobs:failures"
         self.workers = f"{namespace}:workers"
+        self.instances = f"{namespace}:instances"
+
+    def instance(self, instance_id: str) -> str:
+        return f"{self.namespace}:instance:{instance_id}"
 
     def worker(self, worker_id: str) -> str:
         return f"{self.namespace}:worker:{worker_id}"
@@ -126,6 +140,8 @@ class JobKeys:
 
 #: How long a worker that stopped heartbeating stays listed (as dead).
 WORKER_FORGOTTEN_AFTER = 86_400.0
+#: The same for API instances (they restart more often and hold no jobs).
+INSTANCE_FORGOTTEN_AFTER = 3_600.0
 
 
 def decode_worker(raw: bytes | str) -> WorkerInfo:
@@ -429,6 +445,44 @@ class DramatiqJobQueue:
         for worker in found:
             worker.alive = worker.heartbeat_at >= now - self.worker_timeout
         found.sort(key=lambda worker: (not worker.alive, -worker.started_at))
+        return found
+
+    async def announce(self, instance: InstanceInfo) -> None:
+        async def write() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(
+                    self.keys.instance(instance.id),
+                    msgspec.json.encode(instance),
+                    px=milliseconds(INSTANCE_FORGOTTEN_AFTER),
+                )
+                pipe.zadd(self.keys.instances, {instance.id: instance.heartbeat_at})
+                pipe.zremrangebyscore(
+                    self.keys.instances, "-inf", instance.heartbeat_at - INSTANCE_FORGOTTEN_AFTER
+                )
+                await pipe.execute()
+
+        await self._run("instance announce", write)
+
+    async def instances(self) -> list[InstanceInfo]:
+        now = time.time()
+
+        async def read() -> list[Any]:
+            ids: list[Any] = await self.client.zrange(self.keys.instances, 0, -1)
+            if not ids:
+                return []
+            values: list[Any] = await self.client.mget(
+                [self.keys.instance(_text(instance_id)) for instance_id in ids]
+            )
+            return values
+
+        found = [
+            msgspec.json.decode(raw, type=InstanceInfo)
+            for raw in await self._run("instances", read)
+            if raw is not None
+        ]
+        for instance in found:
+            instance.alive = instance.heartbeat_at >= now - self.worker_timeout
+        found.sort(key=lambda instance: (not instance.alive, instance.started_at))
         return found
 
     async def stats(self) -> JobStats:

@@ -4,12 +4,14 @@ key. Every route answers with what one instance can see now; the dashboard polls
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from ondoki.domain.imports import public
+from ondoki.errors import NotFound
 from ondoki_adapters.web.auth import require_api_key, services
 from ondoki_adapters.web.http import json_response, query_limit
 
@@ -49,7 +51,54 @@ async def retry(request: Request) -> Response:
     return json_response(public(record), 202)
 
 
+async def instances(request: Request) -> Response:
+    """The API instances, live first: open WebSockets and pub/sub health of each."""
+    require_api_key(request)
+    found = await services(request).jobs.instances()
+    return json_response({"instances": found, "now": time.time()})
+
+
+async def doctor(request: Request) -> Response:
+    """The doctor's findings about the configured Redis servers (as `ondoki doctor`)."""
+    require_api_key(request)
+    diagnose = services(request).diagnose
+    findings = [] if diagnose is None else await diagnose()
+    return json_response({"findings": findings})
+
+
+_STATIC = Path(__file__).parent / "admin_static"
+#: The dashboard's own files: nothing else is served from the folder.
+_ASSETS = {"admin.js": "text/javascript", "admin.css": "text/css"}
+#: Everything the page loads comes from this origin; it cannot be framed.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+async def page(request: Request) -> Response:
+    """The dashboard (no credentials needed to load it: it asks for the API key, keeps
+    it in the tab's sessionStorage and sends it as a bearer header)."""
+    return FileResponse(_STATIC / "index.html", media_type="text/html", headers=_PAGE_HEADERS)
+
+
+async def asset(request: Request) -> Response:
+    name = request.path_params["name"]
+    if name not in _ASSETS:
+        raise NotFound(f"no dashboard asset {name!r}")
+    return FileResponse(_STATIC / name, media_type=_ASSETS[name], headers=_PAGE_HEADERS)
+
+
 routes = [
+    Route("/admin", page, methods=["GET"]),
+    Route("/admin/static/{name}", asset, methods=["GET"]),
+    Route("/internal/admin/instances", instances, methods=["GET"]),
+    Route("/internal/admin/doctor", doctor, methods=["GET"]),
     Route("/internal/admin/queues", queues, methods=["GET"]),
     Route("/internal/admin/workers", workers, methods=["GET"]),
     Route("/internal/admin/jobs/dead", dead, methods=["GET"]),
