@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -136,6 +137,28 @@ def parse_time_limits(text: str) -> dict[str, float]:
             raise ValueError(f"{kind}: the limit must be a positive number of seconds")
         limits[kind] = seconds
     return limits
+
+
+def known_variables() -> set[str]:
+    """Every environment variable ondoki reads."""
+    fields = {env_name(f.name) for f in msgspec.structs.fields(Settings)}
+    return fields | {"ONDOKI_CONFIG"}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each `ONDOKI_*` variable that is no setting (a typo is otherwise
+    silently ignored), naming the closest known variable."""
+    known = known_variables()
+    # Compared without the prefix they all share, which would make anything look close.
+    suffixes = sorted(name[7:] for name in known if name.startswith("ONDOKI_"))
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith("ONDOKI_") or name in known or name in _RENAMED:
+            continue
+        close = difflib.get_close_matches(name[7:], suffixes, n=1, cutoff=0.6)
+        hint = f"; did you mean ONDOKI_{close[0]}?" if close else ""
+        warnings.append(f"{name} is not a setting and is ignored{hint}")
+    return warnings
 
 
 def env_name(field: str) -> str:
