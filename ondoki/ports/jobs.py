@@ -47,6 +47,10 @@ class JobObserver(Protocol):
         """A stage the handler reported lasted `seconds` (until the next stage or the end)."""
         ...
 
+    def worker_heartbeat(self, at: float) -> None:
+        """The worker stored its heartbeat at UNIX time `at` (health checks read it)."""
+        ...
+
 
 #: Told about every change of a job's record (state, stage, progress), on the event loop,
 #: after the change is stored; the service publishes `job.*` notifications with it. A

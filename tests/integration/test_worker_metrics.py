@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -76,6 +77,8 @@ async def test_worker_metrics_count_attempts_outcomes_and_stages(
     stages = "ondoki_job_stage_duration_seconds_count"
     for stage in ("prepare", "hash", "finalize"):
         assert count(stages, f'kind="demo.checksum",stage="{stage}"') == 1
+    heartbeat = count("ondoki_worker_heartbeat_timestamp_seconds", "")
+    assert time.time() - 60 < heartbeat <= time.time()
     assert count("process_cpu_seconds_total", "") > 0
     assert count("process_resident_memory_bytes", "") > 0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 #: Job durations range from milliseconds (demo jobs) to hours (a long video's import).
 DURATION_BUCKETS = (
@@ -20,7 +20,9 @@ class JobMetrics:
     Metrics (all labelled by `kind`): `ondoki_job_duration_seconds` (histogram, also by
     `outcome`), `ondoki_job_attempts_total`, `ondoki_job_retries_total` (attempts that
     failed and will be retried), `ondoki_job_dead_total` (attempts after which the job is
-    dead, time-outs included) and `ondoki_job_stage_duration_seconds` (by `stage`).
+    dead, time-outs included) and `ondoki_job_stage_duration_seconds` (by `stage`); and
+    `ondoki_worker_heartbeat_timestamp_seconds`, when the worker last stored its heartbeat
+    (the Compose health check fails a worker whose heartbeat is a minute old).
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -53,6 +55,11 @@ class JobMetrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        self.heartbeat = Gauge(
+            "ondoki_worker_heartbeat_timestamp_seconds",
+            "When the worker last stored its heartbeat in the broker (UNIX time)",
+            registry=registry,
+        )
 
     def attempt_started(self, kind: str, attempt: int) -> None:
         self.attempts.labels(kind).inc()
@@ -66,6 +73,9 @@ class JobMetrics:
 
     def stage_ended(self, kind: str, stage: str, seconds: float) -> None:
         self.stages.labels(kind, stage).observe(seconds)
+
+    def worker_heartbeat(self, at: float) -> None:
+        self.heartbeat.set(at)
 
 
 def serve_metrics(

@@ -477,6 +477,9 @@ class _Runner:
                 blocking("worker heartbeat", write)
             except JobQueueError as exc:
                 log.warning("%s", exc)
+                return
+        if self.observer is not None:
+            self.observer.worker_heartbeat(now)
 
     def deregister(self) -> None:
         """Leave the registry: a worker that stopped cleanly is not listed as dead."""
