@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import functools
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
+from anyio.from_thread import start_blocking_portal
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from ondoki_adapters.redis.jobs import DramatiqJobQueue
@@ -32,15 +34,16 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
 def browser() -> Iterator[Browser]:
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} is needed for the dashboard test (apt-get install chromium)")
+    ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         found = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         yield found
         found.close()
 
 
-async def dead_job(broker: str) -> str:
-    """A `demo.checksum` with a payload it refuses, run to `dead` by an in-process worker
-    that is then stopped, so that a retried job stays queued."""
+@asynccontextmanager
+async def running_worker(broker: str) -> AsyncIterator[DramatiqJobQueue]:
+    """An in-process worker on `broker` for the block, and a queue to enqueue with."""
     kinds = build_kinds()
     queue = DramatiqJobQueue(broker, kinds=kinds)
     try:
@@ -49,11 +52,18 @@ async def dead_job(broker: str) -> str:
                 run_worker, broker, kinds=kinds, options=fast_worker_options()
             )
             await tasks.start(worker)
-            job_id = await queue.enqueue("demo.checksum", {"size": -1}, owner="alice")
-            assert (await finished(queue, job_id)).state == "dead"
+            yield queue
             tasks.cancel_scope.cancel()
     finally:
         await queue.aclose()
+
+
+async def dead_job(broker: str) -> str:
+    """A `demo.checksum` with a payload it refuses, run to `dead` by a worker that is then
+    stopped, so that a retried job stays queued."""
+    async with running_worker(broker) as queue:
+        job_id = await queue.enqueue("demo.checksum", {"size": -1}, owner="alice")
+        assert (await finished(queue, job_id)).state == "dead"
     return job_id
 
 
@@ -71,8 +81,6 @@ def test_log_in_see_a_dead_job_retry_it_and_see_it_queued(
     # In a thread of its own: Playwright's sync API keeps an event loop in this one.
     with ThreadPoolExecutor(1) as thread:
         job_id = thread.submit(anyio.run, dead_job, fresh_redis.url(1)).result(60)
-    ARTIFACTS.mkdir(exist_ok=True)
-
     context = browser.new_context()
     page = context.new_page()
     # A wrong key is refused, and the form says so.
@@ -108,3 +116,34 @@ def test_log_in_see_a_dead_job_retry_it_and_see_it_queued(
     expect(page.locator("#login")).to_be_visible()
     assert page.evaluate("sessionStorage.length") == 0
     context.close()
+
+
+def test_running_jobs_show_their_progress_live(
+    start: Start, fresh_redis: RedisServer, browser: Browser, tmp_path: Path
+) -> None:
+    serve = start(REDIS_URL=fresh_redis.url(0), ONDOKI_API_KEY=KEY).wait_ready()
+    with (
+        start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(running_worker(fresh_redis.url(1))) as queue,
+    ):
+        job_id = portal.call(
+            functools.partial(queue.enqueue, "test.slow", {"dir": str(tmp_path), "seconds": 8})
+        )
+        page = browser.new_page()
+        log_in(page, serve.url, KEY)
+        row = page.locator(f'#running tr[data-job="{job_id}"]')
+        expect(row).to_contain_text("test.slow", timeout=15_000)
+        expect(row).to_contain_text("work")
+        first = float(row.locator("progress").get_attribute("value") or 0)
+        # The next polls show it further along, without reloading the page.
+        page.wait_for_function(
+            f"""() => {{
+                const bar = document.querySelector('#running tr[data-job="{job_id}"] progress');
+                return bar !== null && bar.value > {first};
+            }}""",
+            timeout=15_000,
+        )
+        expect(page.locator("#workers tbody")).to_contain_text("alive")
+        page.screenshot(path=ARTIFACTS / "admin-running-job.png", full_page=True)
+        portal.call(queue.cancel, job_id)
+        page.close()

@@ -24,9 +24,22 @@ async def queues(request: Request) -> Response:
 
 
 async def workers(request: Request) -> Response:
-    """Registered workers, live first, each with the jobs it runs (stage, progress)."""
+    """Registered workers, live first, each with the jobs it runs; a live worker's jobs
+    carry the stage and progress of their records now (the registry has them as of the
+    worker's last heartbeat)."""
     require_api_key(request)
-    found = await services(request).jobs.workers()
+    queue = services(request).jobs
+    found = await queue.workers()
+    for worker in found:
+        if not worker.alive:
+            continue
+        for job in worker.jobs:
+            try:
+                record = await queue.get(job.job_id)
+            except NotFound:
+                continue
+            if record.state == "running":
+                job.stage, job.progress = record.stage, record.progress
     return json_response({"workers": found, "now": time.time()})
 
 
