@@ -11,11 +11,8 @@ Layout, all on the broker's database (CELERY_BROKER_URL, DB 1 by default):
   `list_jobs`; written with the record, entries created more than the record TTL ago are
   pruned on every enqueue (ids whose record expired sooner are pruned when listed).
 - `{ns}:jobs:failures`: list of the records of the last 100 failed attempts, newest first.
-- `{ns}:workers`: sorted set of worker ids by last heartbeat (UNIX seconds), and
-  `{ns}:worker:{id}`: that worker's `WorkerInfo` (msgspec JSON), both written by the worker
-  on every heartbeat (see `ondoki_adapters.redis.worker`); entries silent for a day go.
-- `{ns}:instances` and `{ns}:instance:{id}`: the same for API instances (`announce`),
-  entries silent for an hour go.
+- `{ns}:workers`, `{ns}:worker:{id}`, `{ns}:instances`, `{ns}:instance:{id}`: the registry
+  of workers and API instances (see `ondoki_adapters.redis.registry`).
 - `{ns}:job-lease:{id}`: the worker running the job (SET NX PX, renewed while it runs).
 - `{ns}:jobs:dead`: sorted set of dead job ids by finish time; members older than the record
   TTL are pruned when read, and the key itself gets the record TTL on every write.
@@ -69,6 +66,12 @@ from ondoki_adapters.redis.dramatiq_surface import (
     messages_key,
     queue_key,
 )
+from ondoki_adapters.redis.registry import (
+    RegistryKeys,
+    read_instances,
+    read_workers,
+    write_instance,
+)
 
 log = logging.getLogger("ondoki.domain.jobs.redis")
 
@@ -113,14 +116,7 @@ class JobKeys:
         self.broker_namespace = f"{namespace}:dramatiq"
         self.dead = f"{namespace}:jobs:dead"
         self.failures = f"{namespace}:jobs:failures"
-        self.workers = f"{namespace}:workers"
-        self.instances = f"{namespace}:instances"
-
-    def instance(self, instance_id: str) -> str:
-        return f"{self.namespace}:instance:{instance_id}"
-
-    def worker(self, worker_id: str) -> str:
-        return f"{self.namespace}:worker:{worker_id}"
+        self.registry = RegistryKeys(namespace)
 
     def job(self, job_id: str) -> str:
         return f"{self.namespace}:job:{job_id}"
@@ -136,16 +132,6 @@ class JobKeys:
         # Hashed: keys are caller-chosen text of any length.
         digest = hashlib.sha256(f"{owner or ''}\0{kind}\0{key}".encode()).hexdigest()
         return f"{self.namespace}:job-idem:{digest}"
-
-
-#: How long a worker that stopped heartbeating stays listed (as dead).
-WORKER_FORGOTTEN_AFTER = 86_400.0
-#: The same for API instances (they restart more often and hold no jobs).
-INSTANCE_FORGOTTEN_AFTER = 3_600.0
-
-
-def decode_worker(raw: bytes | str) -> WorkerInfo:
-    return msgspec.json.decode(raw, type=WorkerInfo)
 
 
 def encode_record(record: JobRecord) -> bytes:
@@ -425,65 +411,23 @@ class DramatiqJobQueue:
         return [decode_record(raw) for raw in raws]
 
     async def workers(self) -> list[WorkerInfo]:
-        now = time.time()
-
-        async def read() -> list[Any]:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.zremrangebyscore(self.keys.workers, "-inf", now - WORKER_FORGOTTEN_AFTER)
-                pipe.zrange(self.keys.workers, 0, -1)
-                _, ids = await pipe.execute()
-            if not ids:
-                return []
-            values: list[Any] = await self.client.mget(
-                [self.keys.worker(_text(worker_id)) for worker_id in ids]
-            )
-            return values
-
-        found = [
-            decode_worker(raw) for raw in await self._run("job workers", read) if raw is not None
-        ]
-        for worker in found:
-            worker.alive = worker.heartbeat_at >= now - self.worker_timeout
-        found.sort(key=lambda worker: (not worker.alive, -worker.started_at))
-        return found
+        return await self._run(
+            "job workers",
+            lambda: read_workers(self.client, self.keys.registry, alive_within=self.worker_timeout),
+        )
 
     async def announce(self, instance: InstanceInfo) -> None:
-        async def write() -> None:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(
-                    self.keys.instance(instance.id),
-                    msgspec.json.encode(instance),
-                    px=milliseconds(INSTANCE_FORGOTTEN_AFTER),
-                )
-                pipe.zadd(self.keys.instances, {instance.id: instance.heartbeat_at})
-                pipe.zremrangebyscore(
-                    self.keys.instances, "-inf", instance.heartbeat_at - INSTANCE_FORGOTTEN_AFTER
-                )
-                await pipe.execute()
-
-        await self._run("instance announce", write)
+        await self._run(
+            "instance announce", lambda: write_instance(self.client, self.keys.registry, instance)
+        )
 
     async def instances(self) -> list[InstanceInfo]:
-        now = time.time()
-
-        async def read() -> list[Any]:
-            ids: list[Any] = await self.client.zrange(self.keys.instances, 0, -1)
-            if not ids:
-                return []
-            values: list[Any] = await self.client.mget(
-                [self.keys.instance(_text(instance_id)) for instance_id in ids]
-            )
-            return values
-
-        found = [
-            msgspec.json.decode(raw, type=InstanceInfo)
-            for raw in await self._run("instances", read)
-            if raw is not None
-        ]
-        for instance in found:
-            instance.alive = instance.heartbeat_at >= now - self.worker_timeout
-        found.sort(key=lambda instance: (not instance.alive, instance.started_at))
-        return found
+        return await self._run(
+            "instances",
+            lambda: read_instances(
+                self.client, self.keys.registry, alive_within=self.worker_timeout
+            ),
+        )
 
     async def stats(self) -> JobStats:
         prefix = self.keys.broker_namespace

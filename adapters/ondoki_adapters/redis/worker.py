@@ -52,7 +52,6 @@ from ondoki_adapters.redis.dramatiq_surface import JobBroker, JobWorker
 from ondoki_adapters.redis.jobs import (
     ACTOR,
     BACKOFF_OPTION,
-    WORKER_FORGOTTEN_AFTER,
     JobKeys,
     blocking,
     blocking_client,
@@ -61,6 +60,7 @@ from ondoki_adapters.redis.jobs import (
     job_message,
     stage_write,
 )
+from ondoki_adapters.redis.registry import remove_worker, write_worker
 
 log = logging.getLogger("ondoki.worker")
 
@@ -447,6 +447,7 @@ class _Runner:
         """Register (or refresh) this worker in `{ns}:workers`, with what it runs now."""
         assert self.broker is not None
         worker_id, now = self.broker.broker_id, time.time()
+        registry = self.keys.registry
         with self._lock:
             running = [msgspec.structs.replace(job) for job in self._current.values()]
         info = WorkerInfo(
@@ -459,22 +460,11 @@ class _Runner:
             jobs=running,
         )
 
-        def write() -> None:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(
-                    self.keys.worker(worker_id),
-                    msgspec.json.encode(info),
-                    px=milliseconds(WORKER_FORGOTTEN_AFTER),
-                )
-                pipe.zadd(self.keys.workers, {worker_id: now})
-                pipe.zremrangebyscore(self.keys.workers, "-inf", now - WORKER_FORGOTTEN_AFTER)
-                pipe.execute()
-
         with self._registry:
             if self._deregistered:
                 return
             try:
-                blocking("worker heartbeat", write)
+                blocking("worker heartbeat", partial(write_worker, self.client, registry, info))
             except JobQueueError as exc:
                 log.warning("%s", exc)
                 return
@@ -486,15 +476,10 @@ class _Runner:
         assert self.broker is not None
         worker_id = self.broker.broker_id
 
-        def remove() -> None:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.zrem(self.keys.workers, worker_id)
-                pipe.delete(self.keys.worker(worker_id))
-                pipe.execute()
-
         with self._registry:
             self._deregistered = True
             try:
+                remove = partial(remove_worker, self.client, self.keys.registry, worker_id)
                 blocking("worker deregistration", remove)
             except JobQueueError as exc:
                 log.warning("%s", exc)
