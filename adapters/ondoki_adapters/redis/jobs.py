@@ -499,6 +499,8 @@ class DramatiqJobQueue:
             )
             if len(rows) < batch:
                 break
+            # Filters that match few jobs: read more per round trip as the scan goes on.
+            batch = min(batch * 2, 2000)
         page = found[:limit]
         return JobPage(page, jobs.encode_cursor(page[-1]) if len(found) > limit else None)
 
