@@ -247,29 +247,43 @@ async def announce(services: Services, interval: float) -> None:
     started = time.time()
     host, pid = socket.gethostname(), os.getpid()
     instance_id = f"{host}-{pid}-{secrets.token_hex(3)}"
-    while True:
-        error: str | None = None
-        try:
-            with anyio.fail_after(2.0):
-                await services.pubsub.ping()
-        except (OndokiError, TimeoutError) as exc:
-            error = str(exc) or "no answer within 2s"
-        info = InstanceInfo(
-            id=instance_id,
-            host=host,
-            pid=pid,
-            started_at=started,
-            heartbeat_at=time.time(),
-            websockets=services.notifications.stats.connections,
-            notifications_published=services.notifications.publisher.published,
-            pubsub_ok=error is None,
-            pubsub_error=error,
-        )
-        try:
-            await services.jobs.announce(info)
-        except OndokiError as exc:
-            log.debug("instance not announced: %s", exc)
-        await anyio.sleep(interval)
+    try:
+        while True:
+            await _announce_once(services, instance_id, host, pid, started)
+            await anyio.sleep(interval)
+    finally:
+        # A clean stop leaves the registry, so the dashboard does not show it as silent.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+            try:
+                await services.jobs.withdraw(instance_id)
+            except OndokiError as exc:
+                log.debug("instance not withdrawn: %s", exc)
+
+
+async def _announce_once(
+    services: Services, instance_id: str, host: str, pid: int, started: float
+) -> None:
+    error: str | None = None
+    try:
+        with anyio.fail_after(2.0):
+            await services.pubsub.ping()
+    except (OndokiError, TimeoutError) as exc:
+        error = str(exc) or "no answer within 2s"
+    info = InstanceInfo(
+        id=instance_id,
+        host=host,
+        pid=pid,
+        started_at=started,
+        heartbeat_at=time.time(),
+        websockets=services.notifications.stats.connections,
+        notifications_published=services.notifications.publisher.published,
+        pubsub_ok=error is None,
+        pubsub_error=error,
+    )
+    try:
+        await services.jobs.announce(info)
+    except OndokiError as exc:
+        log.debug("instance not announced: %s", exc)
 
 
 async def _report_reachability(settings: Settings, cache: Cache) -> None:

@@ -142,9 +142,14 @@ class JobQueue(Protocol):
         beside the workers' in the job backend: every instance and worker reaches it."""
         ...
 
+    async def withdraw(self, instance_id: str) -> None:
+        """Remove an API instance that stops cleanly from the registry."""
+        ...
+
     async def instances(self) -> list[InstanceInfo]:
         """The API instances that announced themselves, live ones first; one silent past
-        the heartbeat timeout is listed with `alive` False for an hour."""
+        the heartbeat timeout (it stopped without withdrawing) is listed with `alive`
+        False for an hour."""
         ...
 
     async def stats(self) -> JobStats:

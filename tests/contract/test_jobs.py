@@ -391,3 +391,5 @@ async def test_instances_are_announced_and_refreshed(jobs: JobQueue) -> None:
     await jobs.announce(msgspec.structs.replace(first, websockets=3, heartbeat_at=now + 1))
     [seen] = await jobs.instances()
     assert (seen.id, seen.websockets, seen.alive) == ("api-1", 3, True)
+    await jobs.withdraw("api-1")
+    assert await jobs.instances() == []

@@ -67,6 +67,14 @@ async def dead_job(broker: str) -> str:
     return job_id
 
 
+async def instances(broker: str) -> list[str]:
+    queue = DramatiqJobQueue(broker, kinds=build_kinds())
+    try:
+        return [instance.id for instance in await queue.instances()]
+    finally:
+        await queue.aclose()
+
+
 def log_in(page: Page, url: str, key: str) -> None:
     page.goto(f"{url}/admin")
     expect(page.locator("#login")).to_be_visible()
@@ -116,6 +124,11 @@ def test_log_in_see_a_dead_job_retry_it_and_see_it_queued(
     expect(page.locator("#login")).to_be_visible()
     assert page.evaluate("sessionStorage.length") == 0
     context.close()
+
+    # An instance that stops cleanly leaves the registry.
+    assert serve.stop() == 0
+    with ThreadPoolExecutor(1) as thread:
+        assert thread.submit(anyio.run, instances, fresh_redis.url(1)).result(60) == []
 
 
 def test_running_jobs_show_their_progress_live(

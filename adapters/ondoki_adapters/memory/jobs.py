@@ -266,6 +266,10 @@ class MemoryJobQueue:
     async def announce(self, instance: InstanceInfo) -> None:
         self._instance = instance
 
+    async def withdraw(self, instance_id: str) -> None:
+        if self._instance is not None and self._instance.id == instance_id:
+            self._instance = None
+
     async def instances(self) -> list[InstanceInfo]:
         return [] if self._instance is None else [self._instance]
 

@@ -70,6 +70,7 @@ from ondoki_adapters.redis.registry import (
     RegistryKeys,
     read_instances,
     read_workers,
+    remove_instance,
     write_instance,
 )
 
@@ -419,6 +420,12 @@ class DramatiqJobQueue:
     async def announce(self, instance: InstanceInfo) -> None:
         await self._run(
             "instance announce", lambda: write_instance(self.client, self.keys.registry, instance)
+        )
+
+    async def withdraw(self, instance_id: str) -> None:
+        await self._run(
+            "instance withdraw",
+            lambda: remove_instance(self.client, self.keys.registry, instance_id),
         )
 
     async def instances(self) -> list[InstanceInfo]:

@@ -6,7 +6,7 @@ are, what they run, and when each was last heard of.
   every heartbeat (`write_worker`), removed when it stops cleanly (`remove_worker`), and
   forgotten a day after its last heartbeat.
 - `{ns}:instances` and `{ns}:instance:{id}`: the same for API instances (`InstanceInfo`),
-  forgotten an hour after their last announcement.
+  removed when one stops cleanly, forgotten an hour after their last announcement.
 
 Readers mark an entry `alive` when its heartbeat is younger than the heartbeat timeout.
 """
@@ -78,6 +78,13 @@ async def write_instance(client: aioredis.Redis, keys: RegistryKeys, info: Insta
         )
         pipe.zadd(keys.instances, {info.id: info.heartbeat_at})
         pipe.zremrangebyscore(keys.instances, "-inf", info.heartbeat_at - INSTANCE_FORGOTTEN_AFTER)
+        await pipe.execute()
+
+
+async def remove_instance(client: aioredis.Redis, keys: RegistryKeys, instance_id: str) -> None:
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.zrem(keys.instances, instance_id)
+        pipe.delete(keys.instance(instance_id))
         await pipe.execute()
 
 
