@@ -128,7 +128,13 @@ async def test_a_killed_workers_job_is_finished_by_the_next_worker(
     job_id = await queue.enqueue("test.slow", {"dir": str(tmp_path), "seconds": 1.5})
     await appears(f"intervals/{job_id}.1.*", tmp_path)
     await anyio.sleep(0.2)
-    [registered] = await queue.workers()
+    # Registered, with the job, as of its next heartbeat (every 0.25 s).
+    with anyio.fail_after(10):
+        while True:
+            [registered] = await queue.workers()
+            if registered.jobs:
+                break
+            await anyio.sleep(0.05)
     assert (registered.pid, registered.alive) == (first.pid, True)
     assert [job.job_id for job in registered.jobs] == [job_id]
     first.kill()
