@@ -131,3 +131,9 @@ class JobInterrupted(JobCancelled):
 
     def __init__(self, message: str = "the worker is stopping", **fields: object) -> None:
         super().__init__(message, **fields)
+
+
+class JobTimedOut(JobCancelled):
+    """Raised by `JobContext.checkpoint` once the job has run past its kind's time limit."""
+
+    code = "job_timed_out"

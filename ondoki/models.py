@@ -109,3 +109,52 @@ class JobStats(msgspec.Struct):
 
     queues: dict[str, QueueStats]
     states: dict[str, int]
+
+
+class JobPage(msgspec.Struct):
+    """One page of a listing of jobs, newest first; `next_cursor` fetches the next page
+    (None on the last one). Cursors are opaque strings."""
+
+    jobs: list[JobRecord]
+    next_cursor: str | None = None
+
+
+class WorkerJob(msgspec.Struct, kw_only=True):
+    """A job a worker is running now, as far as its last heartbeat tells."""
+
+    job_id: str
+    kind: str
+    attempt: int
+    started_at: float
+    stage: str | None = None
+    progress: float = 0.0
+
+
+class WorkerInfo(msgspec.Struct, kw_only=True):
+    """A worker process as it registered itself; `alive` is False once its heartbeat is
+    older than the heartbeat timeout (it crashed or lost Redis: its jobs will be retried)."""
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    started_at: float
+    heartbeat_at: float
+    jobs: list[WorkerJob] = msgspec.field(default_factory=list)
+    alive: bool = True
+
+
+class InstanceInfo(msgspec.Struct, kw_only=True):
+    """An API instance (`ondoki serve` process) as it last announced itself: its open
+    WebSockets and whether its pub/sub connection answered."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    websockets: int = 0
+    notifications_published: int = 0
+    pubsub_ok: bool = True
+    pubsub_error: str | None = None
+    alive: bool = True

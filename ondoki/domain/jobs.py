@@ -8,15 +8,16 @@ pure function here, so the memory and the Redis adapter cannot drift apart.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import msgspec
 
@@ -25,10 +26,11 @@ from ondoki.errors import (
     JobCancelled,
     JobInterrupted,
     JobStateError,
+    JobTimedOut,
     RetryableJobError,
 )
-from ondoki.models import FINAL_STATES, JobRecord
-from ondoki.ports.jobs import JobContext, JobHandler, JobNotify
+from ondoki.models import FINAL_STATES, JobRecord, JobState
+from ondoki.ports.jobs import JobContext, JobHandler, JobNotify, JobObserver
 
 log = logging.getLogger("ondoki.domain.jobs")
 
@@ -137,6 +139,56 @@ def check_queue(queue: str, queues: tuple[str, ...]) -> str:
     return queue
 
 
+#: How many recent failed attempts the queues remember (see `JobQueue.failures`).
+FAILURES_KEPT = 100
+
+
+def is_failure(before: JobRecord | None, after: JobRecord) -> bool:
+    """Whether storing `after` over `before` records a failed attempt."""
+    return after.state in ("failed", "dead") and (before is None or before.state != after.state)
+
+
+#: The most jobs one page of `JobQueue.list_jobs` may ask for.
+MAX_PAGE = 1000
+
+
+def check_page(limit: int, state: str | None) -> None:
+    """`InvalidInput` for a page size or a state filter that `list_jobs` cannot serve."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}, got {limit}")
+    if state is not None and state not in get_args(JobState):
+        raise InvalidInput(f"unknown job state {state!r} (known: {', '.join(get_args(JobState))})")
+
+
+def sort_key(record: JobRecord) -> tuple[float, str]:
+    """The order of listings: newest first means descending by this."""
+    return (record.created_at, record.id)
+
+
+def encode_cursor(record: JobRecord) -> str:
+    """An opaque cursor that continues a listing after `record`."""
+    text = f"{record.created_at!r}/{record.id}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The sort key a cursor continues after; `InvalidInput` for what is not a cursor."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, job_id = text.partition("/")
+        created_at = float(created)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("cursor is not a cursor from a previous page") from None
+    if not job_id or not math.isfinite(created_at):
+        raise InvalidInput("cursor is not a cursor from a previous page")
+    return created_at, job_id
+
+
+def matches(record: JobRecord, state: str | None, kind: str | None) -> bool:
+    """Whether a listing filtered on `state` and `kind` includes `record`."""
+    return (state is None or record.state == state) and (kind is None or record.kind == kind)
+
+
 def describe_error(exc: BaseException) -> str:
     """What a record says about a failure: type and message, never a traceback."""
     text = str(exc)
@@ -234,30 +286,67 @@ class Outcome(NamedTuple):
     error: str | None = None
 
 
-def execute(kind: JobKind, ctx: Context, payload: dict[str, Any]) -> Outcome:
-    """Run the handler in this (worker) thread and classify how it ended."""
-    log.info("job %s (%s) attempt %d started", ctx.job_id, kind.name, ctx.attempt)
+def execute(
+    kind: JobKind,
+    ctx: Context,
+    payload: dict[str, Any],
+    observer: JobObserver | None = None,
+) -> Outcome:
+    """Run the handler in this (worker) thread and classify how it ended. Its log events
+    carry `job_id`, `kind`, `attempt` (and `duration_ms` at the end) as fields."""
+    fields = {"job_id": ctx.job_id, "kind": kind.name, "attempt": ctx.attempt}
+    log.info("job %s (%s) attempt %d started", ctx.job_id, kind.name, ctx.attempt, extra=fields)
+    if observer is not None:
+        observer.attempt_started(kind.name, ctx.attempt)
     began = time.monotonic()
+    outcome = _run(kind, ctx, payload, fields)
+    seconds = time.monotonic() - began
+    ctx.end_stage()
+    label: str = outcome.how
+    if label == "retry" and ctx.attempt >= kind.max_attempts:
+        label = "dead"  # no attempt follows: `settle` makes it dead
+    if outcome.how == "dead" and ctx.timed_out:
+        label = "timed_out"
+    log.info(
+        "job %s (%s) attempt %d ended: %s in %.1fs",
+        ctx.job_id,
+        kind.name,
+        ctx.attempt,
+        label,
+        seconds,
+        extra={**fields, "outcome": label, "duration_ms": round(seconds * 1000)},
+    )
+    if observer is not None:
+        observer.attempt_ended(kind.name, label, ctx.attempt, seconds)
+    return outcome
+
+
+def _run(kind: JobKind, ctx: Context, payload: dict[str, Any], fields: dict[str, Any]) -> Outcome:
     try:
         result = kind.handler(ctx, payload)
+    except JobTimedOut as exc:
+        return Outcome("dead", error=describe_error(exc))
     except JobInterrupted:
-        log.info("job %s (%s) interrupted: the worker is stopping", ctx.job_id, kind.name)
+        log.info(
+            "job %s (%s) interrupted: the worker is stopping", ctx.job_id, kind.name, extra=fields
+        )
         return Outcome("interrupted")
     except JobCancelled:
-        log.info("job %s (%s) cancelled", ctx.job_id, kind.name)
+        log.info("job %s (%s) cancelled", ctx.job_id, kind.name, extra=fields)
         return Outcome("cancelled")
     except RetryableJobError as exc:
-        log.info("job %s (%s) failed, may retry: %s", ctx.job_id, kind.name, exc)
+        log.info("job %s (%s) failed, may retry: %s", ctx.job_id, kind.name, exc, extra=fields)
         return Outcome("retry", error=describe_error(exc))
     except Exception as exc:
         # The record keeps one line; the traceback goes to the log for whoever debugs it.
-        log.warning("job %s (%s) failed for good", ctx.job_id, kind.name, exc_info=True)
+        log.warning(
+            "job %s (%s) failed for good", ctx.job_id, kind.name, exc_info=True, extra=fields
+        )
         return Outcome("dead", error=describe_error(exc))
     try:
         msgspec.json.encode(result)
     except (TypeError, ValueError, OverflowError) as exc:
         return Outcome("dead", error=f"the job's result is not JSON-able: {exc}")
-    log.info("job %s (%s) succeeded in %.1fs", ctx.job_id, kind.name, time.monotonic() - began)
     return Outcome("succeeded", result=result)
 
 
@@ -304,6 +393,19 @@ def settle(record: JobRecord, outcome: Outcome, backoff: Backoff, now: float) ->
     if outcome.how == "retry":
         error = f"{error} (gave up after {record.attempts} attempts)"[:_MAX_ERROR_CHARS]
     return Settled(_dead(record, error, now), None)
+
+
+def abandoned(record: JobRecord, error: str, now: float) -> JobRecord | None:
+    """A running job whose worker gives up on it for good (it is about to be replaced):
+    `dead`, with `error`; None once it is no longer running."""
+    if record.state != "running":
+        return None
+    return _dead(record, error[:_MAX_ERROR_CHARS], now)
+
+
+def time_limit(limits: Mapping[str, float], kind: str) -> float | None:
+    """The time limit of `kind` in `limits` (kind -> seconds, `*` for the others)."""
+    return limits.get(kind, limits.get("*"))
 
 
 def requeued(record: JobRecord, *, token: int, now: float) -> JobRecord | None:
@@ -361,6 +463,9 @@ class Context:
     `store_report(stage, progress)` stores a report and returns False when the job is no
     longer running (it was cancelled); `is_cancelled()` asks the store. Checks are spaced
     by `check_interval` seconds so that a handler may call `checkpoint` in a tight loop.
+    With `time_limit` (seconds), `checkpoint` raises `JobTimedOut` once the attempt has run
+    that long. Stage changes are logged (with the stage's `duration_ms`) and told to
+    `observer`.
     """
 
     def __init__(
@@ -371,28 +476,70 @@ class Context:
         is_cancelled: Callable[[], bool],
         stopping: threading.Event,
         check_interval: float = 0.0,
+        time_limit: float | None = None,
+        observer: JobObserver | None = None,
     ) -> None:
         self.job_id = record.id
         self.owner = record.owner
         self.attempt = record.attempts
+        self.kind = record.kind
         self._store_report = store_report
         self._is_cancelled = is_cancelled
         self._stopping = stopping
         self._check_interval = check_interval
         self._last_check = -math.inf
         self._cancelled = False
+        self.started = time.monotonic()
+        self.time_limit = time_limit
+        self.timed_out = False
+        self._observer = observer
+        self.stage: str | None = None
+        self._stage_started = self.started
 
     def report(self, stage: str, progress: float) -> None:
         if not isinstance(stage, str) or not stage:
             raise InvalidInput("a job stage must be a non-empty string")
         if not 0.0 <= progress <= 1.0:  # also refuses NaN
             raise InvalidInput(f"job progress must be within 0..1, got {progress!r}")
+        if stage != self.stage:
+            self.end_stage()
+            self.stage = stage
         if not self._cancelled and not self._store_report(stage, float(progress)):
             self._cancelled = True
+
+    def end_stage(self) -> None:
+        """Close the current stage's timing (the next report, or the attempt's end)."""
+        now = time.monotonic()
+        if self.stage is not None:
+            seconds = now - self._stage_started
+            log.info(
+                "job %s (%s) stage %s took %.1fs",
+                self.job_id,
+                self.kind,
+                self.stage,
+                seconds,
+                extra={
+                    "job_id": self.job_id,
+                    "kind": self.kind,
+                    "attempt": self.attempt,
+                    "stage": self.stage,
+                    "duration_ms": round(seconds * 1000),
+                },
+            )
+            if self._observer is not None:
+                self._observer.stage_ended(self.kind, self.stage, seconds)
+            self.stage = None
+        self._stage_started = now
 
     def checkpoint(self) -> None:
         if self._stopping.is_set():
             raise JobInterrupted()
+        if self.time_limit is not None and time.monotonic() - self.started > self.time_limit:
+            self.timed_out = True
+            raise JobTimedOut(
+                f"the job ran past its time limit of {self.time_limit:g}s"
+                + (f" (in stage {self.stage})" if self.stage else "")
+            )
         if not self._cancelled:
             now = time.monotonic()
             if now - self._last_check >= self._check_interval:

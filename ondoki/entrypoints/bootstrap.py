@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import socket
 import sys
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import anyio.abc
@@ -25,8 +29,9 @@ from ondoki.domain.signed_urls import UrlSigner
 from ondoki.domain.state import TemporaryState
 from ondoki.entrypoints.services import Services
 from ondoki.errors import ConfigError, OndokiError
+from ondoki.models import InstanceInfo
 from ondoki.ports.cache import Cache
-from ondoki.ports.jobs import JobNotify, JobQueue
+from ondoki.ports.jobs import JobNotify, JobObserver, JobQueue
 from ondoki.ports.media import MediaDecoder, SubtitleReader, Transcriber
 from ondoki.ports.pubsub import PubSub
 from ondoki.ports.sessions import SessionStore
@@ -210,7 +215,12 @@ def build_jobs(settings: Settings, kinds: JobKinds, notify: JobNotify) -> JobQue
     if settings.broker is None:
         from ondoki_adapters.memory.jobs import MemoryJobQueue
 
-        return MemoryJobQueue(kinds, notify=notify, record_ttl=settings.job_record_ttl_seconds)
+        return MemoryJobQueue(
+            kinds,
+            notify=notify,
+            record_ttl=settings.job_record_ttl_seconds,
+            time_limits=settings.job_time_limits,
+        )
     from ondoki_adapters.redis.jobs import DramatiqJobQueue
 
     return DramatiqJobQueue(
@@ -220,6 +230,7 @@ def build_jobs(settings: Settings, kinds: JobKinds, notify: JobNotify) -> JobQue
         namespace=settings.namespace,
         record_ttl=settings.job_record_ttl_seconds,
         timeout=settings.redis_timeout_seconds,
+        worker_timeout=settings.worker_heartbeat_timeout_seconds,
     )
 
 
@@ -322,9 +333,62 @@ async def open_services(
                 "jobs": jobs,
                 **({"database": store} if store is not None else {}),
             },
+            diagnose=partial(_diagnose, settings),
         )
+        tasks.start_soon(announce, services, settings.worker_requeue_interval_seconds)
         yield services
         tasks.cancel_scope.cancel()
+
+
+async def _diagnose(settings: Settings) -> list[Any]:
+    from ondoki_adapters.redis.doctor import diagnose
+
+    return list(await diagnose(settings))
+
+
+async def announce(services: Services, interval: float) -> None:
+    """Announce this instance (open WebSockets, pub/sub health) in the deployment's
+    registry every `interval` seconds, for the operators' dashboard."""
+    started = time.time()
+    host, pid = socket.gethostname(), os.getpid()
+    instance_id = f"{host}-{pid}-{secrets.token_hex(3)}"
+    try:
+        while True:
+            await _announce_once(services, instance_id, host, pid, started)
+            await anyio.sleep(interval)
+    finally:
+        # A clean stop leaves the registry, so the dashboard does not show it as silent.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+            try:
+                await services.jobs.withdraw(instance_id)
+            except OndokiError as exc:
+                log.debug("instance not withdrawn: %s", exc)
+
+
+async def _announce_once(
+    services: Services, instance_id: str, host: str, pid: int, started: float
+) -> None:
+    error: str | None = None
+    try:
+        with anyio.fail_after(2.0):
+            await services.pubsub.ping()
+    except (OndokiError, TimeoutError) as exc:
+        error = str(exc) or "no answer within 2s"
+    info = InstanceInfo(
+        id=instance_id,
+        host=host,
+        pid=pid,
+        started_at=started,
+        heartbeat_at=time.time(),
+        websockets=services.notifications.stats.connections,
+        notifications_published=services.notifications.publisher.published,
+        pubsub_ok=error is None,
+        pubsub_error=error,
+    )
+    try:
+        await services.jobs.announce(info)
+    except OndokiError as exc:
+        log.debug("instance not announced: %s", exc)
 
 
 async def _report_reachability(settings: Settings, cache: Cache) -> None:
@@ -362,6 +426,11 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
     if unknown:
         raise ConfigError("--queues", f"no job kind uses {', '.join(sorted(unknown))}")
     async with AsyncExitStack() as stack, anyio.create_task_group() as tasks:
+        observer: JobObserver | None = None
+        if settings.worker_metrics_port is not None:
+            observer = stack.enter_context(
+                worker_metrics(settings.host, settings.worker_metrics_port)
+            )
         pubsub = build_pubsub(settings)
         stack.push_async_callback(pubsub.aclose)
         await tasks.start(pubsub.run)
@@ -378,6 +447,8 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
             threads=1,
             record_ttl=settings.job_record_ttl_seconds,
             handle_signals=True,
+            time_limits=settings.job_time_limits,
+            observer=observer,
             options=WorkerOptions(
                 heartbeat_timeout=settings.worker_heartbeat_timeout_seconds,
                 requeue_interval=settings.worker_requeue_interval_seconds,
@@ -385,6 +456,7 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
                 poll_interval=settings.worker_poll_interval_seconds,
                 stop_timeout=settings.worker_stop_timeout_seconds,
                 redis_timeout=settings.redis_timeout_seconds,
+                time_limit_grace=settings.job_time_limit_grace_seconds,
             ),
         )
         tasks.cancel_scope.cancel()
@@ -399,3 +471,29 @@ async def migrate_sessions(settings: Settings) -> tuple[int, int]:
     return await migrate_database(
         settings.database_url, connect_timeout=settings.database_timeout_seconds
     )
+
+
+@contextmanager
+def worker_metrics(host: str, port: int) -> Iterator[JobObserver]:
+    """Serve the worker's metrics (jobs, and the process's own) on `host:port` while in
+    the block; `ConfigError` naming the address when it cannot be bound."""
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    from ondoki_adapters.prometheus.jobs import JobMetrics, serve_metrics
+
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    metrics = JobMetrics(registry)
+    try:
+        server, thread = serve_metrics(registry, host, port)
+    except OSError as exc:
+        raise ConfigError(
+            "ONDOKI_WORKER_METRICS_PORT", f"cannot serve metrics on {host}:{port}: {exc.strerror}"
+        ) from None
+    log.info("worker metrics on http://%s:%d/metrics", host, port)
+    try:
+        yield metrics
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from importlib import metadata
 from typing import NoReturn
 
 import anyio
@@ -15,7 +19,7 @@ import msgspec
 
 from ondoki.entrypoints.services import Services
 from ondoki.errors import BackendError, ConfigError
-from ondoki.support.settings import Settings, load_settings
+from ondoki.support.settings import Settings, load_settings, unknown_variables
 
 WORKER_CLASSES = ("asyncio", "uvloop", "trio")
 
@@ -27,26 +31,79 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
+def _version() -> str:
+    try:
+        return metadata.version("ondoki")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ondoki", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve the HTTP and WebSocket API with hypercorn")
+    parser = _Parser(
+        prog="ondoki",
+        description=__doc__,
+        epilog="Settings come from ONDOKI_* variables and configs/ondoki.toml (see the README).",
+    )
+    parser.add_argument("--version", action="version", version=f"ondoki {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the HTTP and WebSocket API with hypercorn",
+        description="Serve the HTTP and WebSocket API (and /admin) with hypercorn. Without "
+        "REDIS_URL it runs on in-memory adapters and runs the jobs itself; with REDIS_URL "
+        "it uses Redis and `ondoki worker` processes run the jobs. Production "
+        "(ONDOKI_ENV=production) needs ONDOKI_API_KEY and REDIS_URL.",
+    )
     serve.add_argument("--host", help="address to bind (default: ONDOKI_HOST or 127.0.0.1)")
     # Parsed as text and validated with the settings (one line naming the flag, exit 2).
     serve.add_argument("--port", help="port to bind (default: ONDOKI_PORT or 8000)")
-    serve.add_argument("--worker-class", choices=WORKER_CLASSES, default="asyncio")
-    worker = commands.add_parser("worker", help="run the media worker (concurrency 1)")
+    serve.add_argument(
+        "--worker-class",
+        choices=WORKER_CLASSES,
+        default="asyncio",
+        help="event loop (default: asyncio; trio runs the in-memory adapters only)",
+    )
+    worker = commands.add_parser(
+        "worker",
+        help="run the job worker (concurrency 1)",
+        description="Run jobs (video imports and the rest) from the Redis broker, one at a "
+        "time, until SIGTERM or SIGINT (running jobs are given back at their next "
+        "checkpoint). Needs REDIS_URL (and CELERY_BROKER_URL if the broker is elsewhere); "
+        "progress is published to the users' notification channels.",
+    )
     worker.add_argument(
         "--queues",
         default="celery,media",
         help="comma-separated queues to consume (default: celery,media)",
     )
-    commands.add_parser(
-        "migrate", help="create or update the session database's schema (DATABASE_URL)"
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        help="serve Prometheus metrics on this port, on ONDOKI_HOST "
+        "(default: ONDOKI_WORKER_METRICS_PORT; unset: none)",
     )
-    doctor = commands.add_parser("doctor", help="check the configured Redis servers")
+    commands.add_parser(
+        "migrate",
+        help="create or update the session database's schema (DATABASE_URL)",
+        description="Create or update the schema of the session database that DATABASE_URL "
+        "names (safe to run on several machines at once). `ondoki serve` refuses to start "
+        "while the schema is behind.",
+    )
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the configured Redis servers",
+        description="Check the Redis servers that REDIS_URL and CELERY_BROKER_URL name: "
+        "reachable, version, pub/sub, eviction policy, memory, persistence. Changes "
+        "nothing. Exit status 1 when a finding is an error.",
+    )
     doctor.add_argument("--json", action="store_true", help="machine-readable findings")
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {text!r}")
+    return int(text)
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -109,9 +166,36 @@ async def _serve(settings: Settings, worker_class: str) -> None:
         tasks.cancel_scope.cancel()
 
 
+class CannotServe(Exception):
+    """The address to serve on cannot be bound; the message names it."""
+
+
+def check_address(host: str, port: int) -> None:
+    """`CannotServe` unless `host:port` can be bound now (as hypercorn will bind it)."""
+    where = f"{host}:{port}"
+    if not 0 <= port <= 65535:
+        raise CannotServe(f"cannot serve on {where}: the port must be from 0 to 65535")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise CannotServe(f"cannot serve on {where}: unknown host ({exc})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = (
+                "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            )
+            raise CannotServe(f"cannot serve on {where}: {reason}") from None
+
+
 def serve(settings: Settings, worker_class: str) -> None:
     from ondoki.entrypoints.bootstrap import check_backend
 
+    check_address(settings.host, settings.port)
     backend = "trio" if worker_class == "trio" else "asyncio"
     # Checked before anything starts, so the refusal is one line, not a failed lifespan.
     check_backend(settings, backend)
@@ -164,6 +248,8 @@ def _config_error(exc: BaseException | None, depth: int = 0) -> ConfigError | No
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    for warning in unknown_variables(os.environ):
+        print(f"ondoki: warning: {warning}", file=sys.stderr)
     try:
         flags = {"host": args.host, "port": args.port} if args.command == "serve" else {}
         settings = load_settings(flags=flags)
@@ -173,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _configure_logging(settings)
             return migrate(settings)
         if args.command == "worker":
+            if args.metrics_port is not None:
+                settings.worker_metrics_port = args.metrics_port
             _configure_logging(settings)
             queues = tuple(q.strip() for q in args.queues.split(",") if q.strip())
             if not queues:
@@ -185,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(settings, args.worker_class)
     except KeyboardInterrupt:
         return 130
+    except CannotServe as exc:
+        print(f"ondoki: {exc}", file=sys.stderr)
+        return 1
     except BaseException as exc:
         # A ConfigError raised inside the app's lifespan or a task group arrives wrapped
         # (ExceptionGroup, hypercorn's LifespanFailureError): still one line, exit 2.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ondoki.domain.imports import Imports
 from ondoki.domain.notifications import NotificationHub
@@ -37,3 +38,5 @@ class Services:
     urls: UrlSigner
     #: Part name -> the object whose `ping()` tells whether that part is ready.
     parts: dict[str, Pingable] = field(default_factory=dict)
+    #: The doctor's findings about the configured backends (JSON-able), for `/admin`.
+    diagnose: Callable[[], Awaitable[list[Any]]] | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ondoki.models import JobRecord, JobStats
+from ondoki.models import InstanceInfo, JobPage, JobRecord, JobState, JobStats, WorkerInfo
 
 
 class JobContext(Protocol):
@@ -27,6 +27,30 @@ class JobContext(Protocol):
 #: A job's work: gets its context and payload, returns a JSON-able result. It raises
 #: `RetryableJobError` for failures worth another attempt; any other exception is final.
 JobHandler = Callable[[JobContext, dict[str, Any]], Any]
+
+
+class JobObserver(Protocol):
+    """Told how attempts and their stages went, for metrics. Called from handler threads;
+    it must be quick and must not raise."""
+
+    def attempt_started(self, kind: str, attempt: int) -> None:
+        """An attempt (1 for the first) of a job of `kind` starts its handler."""
+        ...
+
+    def attempt_ended(self, kind: str, outcome: str, attempt: int, seconds: float) -> None:
+        """The handler returned after `seconds`. `outcome`: `succeeded`, `retry` (another
+        attempt follows), `dead`, `timed_out` (dead: past its time limit), `cancelled` or
+        `interrupted` (the worker is stopping; the attempt is given back)."""
+        ...
+
+    def stage_ended(self, kind: str, stage: str, seconds: float) -> None:
+        """A stage the handler reported lasted `seconds` (until the next stage or the end)."""
+        ...
+
+    def worker_heartbeat(self, at: float) -> None:
+        """The worker stored its heartbeat at UNIX time `at` (health checks read it)."""
+        ...
+
 
 #: Told about every change of a job's record (state, stage, progress), on the event loop,
 #: after the change is stored; the service publishes `job.*` notifications with it. A
@@ -79,12 +103,53 @@ class JobQueue(Protocol):
         and whatever it returns after that is discarded."""
         ...
 
+    async def list_jobs(
+        self,
+        owner: str,
+        *,
+        state: JobState | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """`owner`'s jobs, newest first (by creation), optionally only those in `state` or
+        of `kind`; at most `limit` per page, `cursor` being a previous page's `next_cursor`.
+        Jobs of other owners (and jobs without one) never appear; expired records do not
+        either. A cursor that is not one of this adapter's raises `InvalidInput`."""
+        ...
+
     async def dead(self, *, limit: int = 100) -> list[JobRecord]:
         """Dead jobs, newest first."""
         ...
 
     async def retry(self, job_id: str) -> JobRecord:
         """Queue a dead job again with a fresh set of attempts; `JobStateError` if not dead."""
+        ...
+
+    async def failures(self, *, limit: int = 50) -> list[JobRecord]:
+        """The most recent failed attempts, newest first, as their records were when they
+        failed (`failed`, to be retried, or `dead`); at most the last 100 are kept."""
+        ...
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The workers that registered themselves, live ones first, each with what it is
+        running; a worker silent past the heartbeat timeout is listed with `alive` False
+        for a day, one that stopped cleanly is not listed."""
+        ...
+
+    async def announce(self, instance: InstanceInfo) -> None:
+        """Record (or refresh) an API instance in the deployment's registry, which lives
+        beside the workers' in the job backend: every instance and worker reaches it."""
+        ...
+
+    async def withdraw(self, instance_id: str) -> None:
+        """Remove an API instance that stops cleanly from the registry."""
+        ...
+
+    async def instances(self) -> list[InstanceInfo]:
+        """The API instances that announced themselves, live ones first; one silent past
+        the heartbeat timeout (it stopped without withdrawing) is listed with `alive`
+        False for an hour."""
         ...
 
     async def stats(self) -> JobStats:

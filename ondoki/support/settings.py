@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -75,6 +76,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     worker_poll_interval_seconds: Seconds = 0.05
     worker_stop_timeout_seconds: Seconds = 600.0
 
+    # jobs: worker metrics and time limits (docs/jobs.md)
+    worker_metrics_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    job_time_limit_seconds: str = "media.import=28800,*=3600"
+    job_time_limit_grace_seconds: Seconds = 300.0
+
     cache_default_ttl_seconds: Seconds = 86_400.0
     memory_cache_max_entries: Positive = 100_000
     memory_cache_max_bytes: Positive = 64 * 1024 * 1024
@@ -115,6 +121,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             notes.append(RESULT_BACKEND_NOTE)
         return notes
 
+    @property
+    def job_time_limits(self) -> dict[str, float]:
+        """`job_time_limit_seconds` parsed: kind -> seconds, `*` for every other kind."""
+        return parse_time_limits(self.job_time_limit_seconds)
+
     def describe(self) -> dict[str, Any]:
         """The settings with every secret redacted, for logs and `doctor`."""
         shown = msgspec.structs.asdict(self)
@@ -142,6 +153,49 @@ _RENAMED = {"ONDOKI_WS_QUEUE_SIZE": "ONDOKI_WS_SEND_BUFFER_BYTES (a bound in byt
 
 # Settings that are lists: comma-separated in the environment, arrays in TOML.
 _LIST_FIELDS = frozenset({"cors_origins"})
+
+
+def parse_time_limits(text: str) -> dict[str, float]:
+    """`14400` (every kind) or `kind=seconds,...` with `*=seconds` for the kinds not named;
+    `ValueError` naming what is wrong."""
+    text = text.strip()
+    if "=" not in text:
+        text = f"*={text}"
+    limits: dict[str, float] = {}
+    for item in text.split(","):
+        kind, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not kind:
+            raise ValueError(f"expected kind=seconds, got {item.strip()!r}")
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise ValueError(f"{kind}: {value!r} is not a number of seconds") from None
+        if not seconds > 0 or seconds == float("inf"):
+            raise ValueError(f"{kind}: the limit must be a positive number of seconds")
+        limits[kind] = seconds
+    return limits
+
+
+def known_variables() -> set[str]:
+    """Every environment variable ondoki reads."""
+    fields = {env_name(f.name) for f in msgspec.structs.fields(Settings)}
+    return fields | {"ONDOKI_CONFIG"}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each `ONDOKI_*` variable that is no setting (a typo is otherwise
+    silently ignored), naming the closest known variable."""
+    known = known_variables()
+    # Compared without the prefix they all share, which would make anything look close.
+    suffixes = sorted(name[7:] for name in known if name.startswith("ONDOKI_"))
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith("ONDOKI_") or name in known or name in _RENAMED:
+            continue
+        close = difflib.get_close_matches(name[7:], suffixes, n=1, cutoff=0.6)
+        hint = f"; did you mean ONDOKI_{close[0]}?" if close else ""
+        warnings.append(f"{name} is not a setting and is ignored{hint}")
+    return warnings
 
 
 def env_name(field: str) -> str:
@@ -279,6 +333,10 @@ def _check(settings: Settings) -> None:
             "ONDOKI_WORKER_REQUEUE_INTERVAL_SECONDS",
             "must be at most half of ONDOKI_WORKER_HEARTBEAT_TIMEOUT_SECONDS",
         )
+    try:
+        settings.job_time_limits  # noqa: B018 -- parsed to be checked
+    except ValueError as exc:
+        raise ConfigError("ONDOKI_JOB_TIME_LIMIT_SECONDS", str(exc)) from None
     if settings.session_ttl_seconds > settings.session_max_ttl_seconds:
         raise ConfigError(
             "ONDOKI_SESSION_TTL_SECONDS", "is larger than ONDOKI_SESSION_MAX_TTL_SECONDS"

@@ -94,6 +94,11 @@ def record_ttl() -> float:
     return DEFAULT_RECORD_TTL
 
 
+#: `test.timeboxed` (a handler that checkpoints every 10 ms) under a 0.3 s time limit. Not
+#: `test.stuck`: past its grace it would make the in-process worker exit the test run.
+TIME_LIMITS = {"test.timeboxed": 0.3}
+
+
 @pytest.fixture(params=["memory", pytest.param("redis", marks=REDIS)])
 async def jobs(
     request: pytest.FixtureRequest,
@@ -105,7 +110,9 @@ async def jobs(
     adapter's own runner, or an in-process dramatiq worker (threads) for Redis."""
     kinds = build_kinds()
     if request.param == "memory":
-        memory = MemoryJobQueue(kinds, notify=job_events, record_ttl=record_ttl)
+        memory = MemoryJobQueue(
+            kinds, notify=job_events, record_ttl=record_ttl, time_limits=TIME_LIMITS
+        )
         async with anyio.create_task_group() as tasks:
             await tasks.start(memory.run)
             yield memory
@@ -122,6 +129,7 @@ async def jobs(
         notify=job_events,
         options=fast_worker_options(),
         record_ttl=record_ttl,
+        time_limits=TIME_LIMITS,
     )
     async with anyio.create_task_group() as tasks:
         await tasks.start(worker)

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from ondoki.errors import InvalidInput, JobStateError, NotFound
+from ondoki.models import InstanceInfo
 from ondoki.ports.jobs import JobQueue
 from tests.contract.conftest import JobEvents
 from tests.waits import finished
@@ -275,3 +277,119 @@ async def test_stats_count_the_backlog_and_its_age(jobs: JobQueue, tmp_path: Pat
     for job_id in [*backlog, busy]:
         await jobs.cancel(job_id)
     await finished(jobs, busy)
+
+
+async def test_list_jobs_shows_the_owners_jobs_newest_first_in_pages(jobs: JobQueue) -> None:
+    mine = [await jobs.enqueue("demo.checksum", {"size": 10}, owner="alice") for _ in range(5)]
+    theirs = await jobs.enqueue("demo.checksum", {"size": 10}, owner="bob")
+    await jobs.enqueue("demo.checksum", {"size": 10})  # no owner: in no one's listing
+    for job_id in mine:
+        await finished(jobs, job_id)
+    whole = await jobs.list_jobs("alice")
+    assert [record.id for record in whole.jobs] == mine[::-1]
+    assert whole.next_cursor is None
+    pages: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = await jobs.list_jobs("alice", limit=2, cursor=cursor)
+        assert len(page.jobs) <= 2
+        pages.extend(record.id for record in page.jobs)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert pages == mine[::-1]
+    assert [r.id for r in (await jobs.list_jobs("bob")).jobs] == [theirs]
+    assert (await jobs.list_jobs("carol")).jobs == []
+
+
+async def test_list_jobs_filters_on_state_and_kind(jobs: JobQueue, tmp_path: Path) -> None:
+    good = await jobs.enqueue("demo.checksum", {"size": 10}, owner="alice")
+    bad = await jobs.enqueue("test.broken", payload(tmp_path), owner="alice")
+    await finished(jobs, good)
+    await finished(jobs, bad)
+    dead = await jobs.list_jobs("alice", state="dead")
+    assert [record.id for record in dead.jobs] == [bad]
+    checksums = await jobs.list_jobs("alice", kind="demo.checksum")
+    assert [record.id for record in checksums.jobs] == [good]
+    assert (await jobs.list_jobs("alice", kind="demo.checksum", state="dead")).jobs == []
+    # A filtered listing pages as well: the filter is applied before the page is cut.
+    more = [await jobs.enqueue("test.broken", payload(tmp_path), owner="alice") for _ in range(3)]
+    for job_id in more:
+        await finished(jobs, job_id)
+    first = await jobs.list_jobs("alice", state="dead", limit=3)
+    assert [record.id for record in first.jobs] == [*more[::-1]]
+    assert first.next_cursor is not None
+    rest = await jobs.list_jobs("alice", state="dead", limit=3, cursor=first.next_cursor)
+    assert ([record.id for record in rest.jobs], rest.next_cursor) == ([bad], None)
+
+
+async def test_list_jobs_refuses_bad_arguments(jobs: JobQueue) -> None:
+    for bad in ({"limit": 0}, {"limit": 1001}, {"state": "sleeping"}, {"cursor": "%%%"}):
+        with pytest.raises(InvalidInput):
+            await jobs.list_jobs("alice", **bad)
+
+
+async def test_workers_register_with_what_they_run(
+    jobs: JobQueue, job_events: JobEvents, tmp_path: Path
+) -> None:
+    job_id = await jobs.enqueue("test.block", payload(tmp_path, name="seen"))
+    await appears(tmp_path / "seen.started")
+    with anyio.fail_after(10):
+        while True:
+            workers = await jobs.workers()
+            if workers and workers[0].jobs:
+                break
+            await anyio.sleep(0.05)
+    [worker] = workers
+    assert worker.alive
+    assert worker.pid > 0 and worker.host
+    assert set(worker.queues) == {"celery", "media"}
+    assert worker.started_at <= worker.heartbeat_at <= time.time() + 1
+    [running] = worker.jobs
+    assert (running.job_id, running.kind, running.attempt) == (job_id, "test.block", 1)
+    await jobs.cancel(job_id)
+    await finished(jobs, job_id)
+    with anyio.fail_after(10):
+        while True:
+            [worker] = await jobs.workers()
+            if not worker.jobs:
+                break
+            await anyio.sleep(0.05)
+
+
+async def test_failures_lists_recent_failed_attempts_newest_first(
+    jobs: JobQueue, tmp_path: Path
+) -> None:
+    assert await jobs.failures() == []
+    flaky = await jobs.enqueue("test.flaky", payload(tmp_path, succeed_on=2))
+    await finished(jobs, flaky)
+    broken = await jobs.enqueue("test.broken", payload(tmp_path))
+    await finished(jobs, broken)
+    failures = await jobs.failures()
+    assert [(r.id, r.state) for r in failures] == [(broken, "dead"), (flaky, "failed")]
+    assert failures[1].error == "RetryableJobError: not yet (attempt 1)"
+    assert [r.id for r in await jobs.failures(limit=1)] == [broken]
+
+
+async def test_a_job_past_its_time_limit_fails_for_good_at_its_next_checkpoint(
+    jobs: JobQueue, tmp_path: Path
+) -> None:
+    job_id = await jobs.enqueue("test.timeboxed", payload(tmp_path, name="boxed", limit=30))
+    record = await finished(jobs, job_id)
+    assert (record.state, record.attempts) == ("dead", 1)
+    assert record.error == "JobTimedOut: the job ran past its time limit of 0.3s"
+    assert (tmp_path / "boxed.stopped").read_text() == "JobTimedOut"
+    assert record.finished_at is not None and record.started_at is not None
+    assert record.finished_at - record.started_at < 10
+
+
+async def test_instances_are_announced_and_refreshed(jobs: JobQueue) -> None:
+    assert await jobs.instances() == []
+    now = time.time()
+    first = InstanceInfo(id="api-1", host="h", pid=1, started_at=now, heartbeat_at=now)
+    await jobs.announce(first)
+    await jobs.announce(msgspec.structs.replace(first, websockets=3, heartbeat_at=now + 1))
+    [seen] = await jobs.instances()
+    assert (seen.id, seen.websockets, seen.alive) == ("api-1", 3, True)
+    await jobs.withdraw("api-1")
+    assert await jobs.instances() == []

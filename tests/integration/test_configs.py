@@ -3,13 +3,19 @@ docs/operations.md says. (Docker cannot run here, so the Compose files are check
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
-from tests.redis_server import RedisServer
+from ondoki_adapters.prometheus.jobs import JobMetrics, serve_metrics
+from tests.e2e.process import ServeProcess, clean_env
+from tests.redis_server import RedisServer, free_port
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 
@@ -90,3 +96,43 @@ def test_env_example_has_the_seed_connection_strings() -> None:
 
     environ = {k: v for k, v in lines.items() if not k.endswith("_PASSWORD")}
     assert load_settings(environ).database_url == lines["DATABASE_URL"]
+
+
+@pytest.mark.parametrize("name", ["docker-compose.dev.yml", "docker-compose.prod.yml"])
+def test_compose_health_checks_run_and_tell(name: str, tmp_path: Path) -> None:
+    services = compose(name)["services"]
+    # The api's check against a real `ondoki serve`; the port is the test's own.
+    api = ServeProcess(tmp_path, clean_env()).wait_ready()
+    try:
+        assert run_check(services["api"], "8000", api.port) == 0
+    finally:
+        api.stop()
+    assert run_check(services["api"], "8000", api.port) != 0  # stopped: unhealthy
+    # The worker's check reads the heartbeat from its metrics.
+    metrics = JobMetrics(registry := CollectorRegistry())
+    server, thread = serve_metrics(registry, "127.0.0.1", port := free_port())
+    try:
+        metrics.worker_heartbeat(time.time())
+        assert run_check(services["worker"], "9100", port) == 0
+        metrics.worker_heartbeat(time.time() - 120)
+        assert run_check(services["worker"], "9100", port) != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert services["worker"]["environment"]["ONDOKI_WORKER_METRICS_PORT"] == "9100"
+
+
+def run_check(service: dict[str, Any], port: str, actual: int) -> int:
+    command = service["healthcheck"]["test"]
+    assert command[:3] == ["CMD", "python", "-c"]
+    script = command[3].replace(f"127.0.0.1:{port}", f"127.0.0.1:{actual}")
+    return subprocess.run([sys.executable, "-c", script], timeout=30).returncode
+
+
+def test_prod_worker_waits_for_both_redis_instances() -> None:
+    depends = compose("docker-compose.prod.yml")["services"]["worker"]["depends_on"]
+    assert depends == {
+        "redis-cache": {"condition": "service_healthy"},
+        "redis-broker": {"condition": "service_healthy"},
+    }

@@ -58,6 +58,7 @@ def test_healthy_server_passes(healthy: RedisServer, database_url: str) -> None:
     for check in ["reachable", "version", "pubsub", "eviction", "persistence", "pubsub-buffer"]:
         assert ("cache", check) in checks or ("broker", check) in checks
     assert ("broker", "reachable") in checks
+    assert "credentials accepted" in finding(findings, "cache", "reachable")["message"]
     for check in ["reachable", "version", "schema"]:
         assert ("database", check) in checks
 
@@ -93,7 +94,11 @@ def test_shared_allkeys_lru_instance_is_an_error(fresh_redis: RedisServer) -> No
     assert eviction["severity"] == "error"
     assert "allkeys-lru" in eviction["message"] and "queued jobs" in eviction["message"]
     assert "noeviction" in eviction["fix"] and "volatile-lru" in eviction["fix"]
+    assert "configs/redis/redis-broker.conf" in eviction["fix"]
     assert "fix:" in text
+    # No password in the URL: nothing was checked, and the doctor does not claim otherwise.
+    reachable = finding(findings, "cache", "reachable")["message"]
+    assert "credentials accepted" not in reachable and "no password" in reachable
 
 
 def test_separate_broker_with_noeviction_is_fine(fresh_redis: RedisServer) -> None:

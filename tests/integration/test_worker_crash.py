@@ -21,6 +21,7 @@ import pytest
 from ondoki.errors import JobQueueError
 from ondoki.models import JobRecord
 from ondoki_adapters.redis.jobs import DramatiqJobQueue, job_message
+from ondoki_adapters.redis.worker import EXIT_REPLACED
 from tests import waits
 from tests.integration.worker_main import build_kinds
 from tests.redis_server import RedisServer
@@ -82,7 +83,8 @@ def workers(fresh_redis: RedisServer, tmp_path: Path) -> Iterator[Workers]:
 
 @pytest.fixture
 async def queue(fresh_redis: RedisServer) -> AsyncIterator[DramatiqJobQueue]:
-    jobs = DramatiqJobQueue(fresh_redis.url(1), kinds=build_kinds())
+    # The workers' heartbeat timeout (see worker_main), for telling dead workers.
+    jobs = DramatiqJobQueue(fresh_redis.url(1), kinds=build_kinds(), worker_timeout=2.0)
     yield jobs
     await jobs.aclose()
 
@@ -126,9 +128,26 @@ async def test_a_killed_workers_job_is_finished_by_the_next_worker(
     job_id = await queue.enqueue("test.slow", {"dir": str(tmp_path), "seconds": 1.5})
     await appears(f"intervals/{job_id}.1.*", tmp_path)
     await anyio.sleep(0.2)
+    # Registered, with the job, as of its next heartbeat (every 0.25 s).
+    with anyio.fail_after(10):
+        while True:
+            [registered] = await queue.workers()
+            if registered.jobs:
+                break
+            await anyio.sleep(0.05)
+    assert (registered.pid, registered.alive) == (first.pid, True)
+    assert [job.job_id for job in registered.jobs] == [job_id]
     first.kill()
     first.wait(10)
     assert (await queue.get(job_id)).state == "running"
+    # Listed as dead once its heartbeat is past the timeout, with the job it died on.
+    with anyio.fail_after(10):
+        while True:
+            [dead] = await queue.workers()
+            if not dead.alive:
+                break
+            await anyio.sleep(0.1)
+    assert dead.pid == first.pid and [job.job_id for job in dead.jobs] == [job_id]
 
     workers.start()
     record = await finished(queue, job_id)
@@ -224,6 +243,7 @@ async def test_sigterm_stops_gracefully_and_gives_the_job_back(
     await appears(f"intervals/{running}.1.*", tmp_path)
     first.send_signal(signal.SIGTERM)
     assert await exits(first, within=10) == 0
+    assert await queue.workers() == []  # it left the registry
     interrupted = await queue.get(running)
     assert (interrupted.state, interrupted.attempts) == ("queued", 0)
     assert (await queue.get(waiting)).state == "queued"
@@ -267,3 +287,24 @@ async def test_an_unreachable_broker_raises_job_queue_errors(fresh_redis: RedisS
             await operation()
         assert "Redis" in str(caught.value)
     await queue.aclose()
+
+
+async def test_a_job_stuck_past_its_time_limit_and_grace_has_its_worker_replaced(
+    workers: Workers, queue: DramatiqJobQueue, tmp_path: Path
+) -> None:
+    stuck_worker = workers.start()
+    job_id = await queue.enqueue("test.stuck", {"dir": str(tmp_path), "seconds": 60})
+    await appears("stuck.*", tmp_path)
+    # Limit 0.3 s, grace 0.5 s, watchdog every 0.25 s (worker_main).
+    assert await exits(stuck_worker, within=15) == EXIT_REPLACED
+    record = await queue.get(job_id)
+    assert (record.state, record.attempts) == ("dead", 1)
+    assert record.error is not None and "its worker was replaced" in record.error
+    assert "no checkpoint" in workers.log(0)
+    # The message it held comes back to a new worker, which leaves the dead job alone.
+    workers.start()
+    fresh = await queue.enqueue("demo.checksum", {"size": 10})
+    assert (await finished(queue, fresh)).state == "succeeded"
+    await anyio.sleep(2.5)  # past the heartbeat timeout: the held message is redelivered
+    assert (await queue.get(job_id)).state == "dead"
+    assert len(await appears("stuck.*", tmp_path)) == 1

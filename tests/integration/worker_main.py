@@ -1,7 +1,7 @@
 """Job kinds for the job tests, and a worker process to run them.
 
 `python -m tests.integration.worker_main BROKER_URL [--ready FILE]` runs `run_worker` with
-short timings, the demo kind and the test kinds below, until SIGTERM or SIGINT. The kinds
+short timings and `TEST_TIME_LIMITS`, the demo kind and the test kinds below, until SIGTERM or SIGINT. The kinds
 leave marker files in the `dir` their payload names, so tests (and other processes) can
 see what handlers did.
 """
@@ -98,6 +98,17 @@ def poison(ctx: JobContext, payload: dict[str, Any]) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def stuck(ctx: JobContext, payload: dict[str, Any]) -> str:
+    """Sleeps `seconds` without a single checkpoint, as a handler stuck in a C call does."""
+    mark(payload, f"stuck.{os.getpid()}")
+    time.sleep(float(payload.get("seconds", 30)))
+    return "woke up"
+
+
+#: Time limits the test workers run with: `test.timeboxed` is `block` under a 0.3 s limit.
+TEST_TIME_LIMITS = {"test.timeboxed": 0.3, "test.stuck": 0.3}
+
+
 def build_kinds() -> JobKinds:
     """`demo.checksum` and the test kinds."""
     kinds = register_demo_kinds(JobKinds())
@@ -106,6 +117,8 @@ def build_kinds() -> JobKinds:
     kinds.register("test.block", block, max_attempts=3, retry_backoff=FAST_BACKOFF)
     kinds.register("test.slow", slow, max_attempts=3, retry_backoff=FAST_BACKOFF)
     kinds.register("test.poison", poison, max_attempts=2, retry_backoff=FAST_BACKOFF)
+    kinds.register("test.timeboxed", block, max_attempts=3, retry_backoff=FAST_BACKOFF)
+    kinds.register("test.stuck", stuck, max_attempts=3, retry_backoff=FAST_BACKOFF)
     return kinds
 
 
@@ -118,6 +131,7 @@ def fast_worker_options() -> WorkerOptions:
         poll_interval=0.05,
         cancel_check_interval=0.05,
         stop_timeout=10.0,
+        time_limit_grace=0.5,
     )
 
 
@@ -129,6 +143,7 @@ async def _main(url: str, ready: Path | None) -> None:
             kinds=build_kinds(),
             options=fast_worker_options(),
             handle_signals=True,
+            time_limits=TEST_TIME_LIMITS,
         )
         await tasks.start(worker)
         if ready is not None:

@@ -413,3 +413,21 @@ def test_cors_origins_in_toml_are_an_array(tmp_path: Path) -> None:
     config.write_text('cors_origins = "https://app.example.com"\n')
     with pytest.raises(ConfigError):
         load_settings({}, config_file=config)
+
+
+def test_job_time_limits_per_kind_with_a_default() -> None:
+    assert Settings().job_time_limits == {"media.import": 28800.0, "*": 3600.0}
+    assert load_settings({"ONDOKI_JOB_TIME_LIMIT_SECONDS": "90"}).job_time_limits == {"*": 90.0}
+    both = load_settings({"ONDOKI_JOB_TIME_LIMIT_SECONDS": "a=1.5, *=60"}).job_time_limits
+    assert both == {"a": 1.5, "*": 60.0}
+    for bad in ("a=", "a=x", "=5", "a=-1", "a=inf", "0"):
+        with pytest.raises(ConfigError, match="ONDOKI_JOB_TIME_LIMIT_SECONDS"):
+            load_settings({"ONDOKI_JOB_TIME_LIMIT_SECONDS": bad})
+
+
+def test_worker_metrics_port_is_checked() -> None:
+    assert Settings().worker_metrics_port is None
+    assert load_settings({"ONDOKI_WORKER_METRICS_PORT": "9100"}).worker_metrics_port == 9100
+    for bad in ("0", "70000", "x"):
+        with pytest.raises(ConfigError, match="ONDOKI_WORKER_METRICS_PORT"):
+            load_settings({"ONDOKI_WORKER_METRICS_PORT": bad})

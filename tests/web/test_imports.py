@@ -268,3 +268,82 @@ def test_old_imports_are_swept_and_recent_ones_kept(app: App, video: bytes) -> N
     assert app.client.portal.call(app.services.imports.sweep) == 1
     assert old_dir not in app.uploads() and len(app.uploads()) == 1
     error_of(app.client.get(f"/imports/{old}/guide", headers=alice), 404)
+
+
+def test_users_list_their_own_jobs_and_imports(app: App, video: bytes) -> None:
+    alice, bob = app.login("alice"), app.login("bob")
+    response = app.client.post(
+        "/imports", content=video, headers={**alice, "Content-Type": "video/mp4"}
+    )
+    assert response.status_code == 202, response.text
+    upload = response.json()["job_id"]
+    failed = [app.enqueue("test.fails", "alice") for _ in range(3)]
+    others = app.enqueue("test.fails", "bob")
+    for job_id in failed:
+        app.wait(job_id, alice, "dead")
+    listed = app.client.get("/jobs", headers=alice).json()
+    assert [job["id"] for job in listed["jobs"]] == [*failed[::-1], upload]
+    assert listed["next_cursor"] is None
+    imports = app.client.get("/imports", headers=alice).json()
+    assert [job["id"] for job in imports["jobs"]] == [upload]
+    dead = app.client.get("/jobs?state=dead&kind=test.fails&limit=2", headers=alice).json()
+    assert [job["id"] for job in dead["jobs"]] == failed[:0:-1]
+    rest = app.client.get(f"/jobs?state=dead&cursor={dead['next_cursor']}", headers=alice)
+    assert [job["id"] for job in rest.json()["jobs"]] == [failed[0]]
+    assert [job["id"] for job in app.client.get("/jobs", headers=bob).json()["jobs"]] == [others]
+    for query in ("?state=sleeping", "?limit=0", "?limit=x", "?cursor=!!"):
+        error_of(app.client.get(f"/jobs{query}", headers=alice), 422)
+    error_of(app.client.get("/jobs"), 401)
+    error_of(app.client.get("/imports", headers=app.internal), 401)
+    app.wait(upload, alice, "succeeded")
+
+
+def test_admin_routes_show_queues_workers_failures_and_replay_dead_jobs(app: App) -> None:
+    alice = app.login("alice")
+    job_id = app.enqueue("test.fails", "alice")
+    app.wait(job_id, alice, "dead")
+    for path in ("queues", "workers", "jobs/dead", "jobs/failures"):
+        error_of(app.client.get(f"/internal/admin/{path}", headers=alice), 401)
+    queues = app.client.get("/internal/admin/queues", headers=app.internal).json()
+    assert set(queues["queues"]) == {"celery", "media"}
+    assert queues["queues"]["celery"]["waiting"] == 0
+    [worker] = app.client.get("/internal/admin/workers", headers=app.internal).json()["workers"]
+    assert worker["alive"] and worker["pid"] == os.getpid()
+    dead = app.client.get("/internal/admin/jobs/dead", headers=app.internal).json()["jobs"]
+    assert [(job["id"], job["error"]) for job in dead] == [
+        (job_id, "ValueError: this job always fails")
+    ]
+    failed = app.client.get("/internal/admin/jobs/failures", headers=app.internal).json()
+    assert [job["id"] for job in failed["jobs"]] == [job_id]
+    error_of(app.client.get("/internal/admin/jobs/dead?limit=0", headers=app.internal), 422)
+    retried = app.client.post(f"/internal/admin/jobs/{job_id}/retry", headers=app.internal)
+    assert retried.status_code == 202 and retried.json()["state"] == "queued"
+    app.wait(job_id, alice, "dead")
+    again = app.client.post("/internal/admin/jobs/nope/retry", headers=app.internal)
+    error_of(again, 404)
+
+
+def test_admin_page_and_assets_are_served_with_a_strict_policy(app: App) -> None:
+    page = app.client.get("/admin")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "sessionStorage" not in page.text  # the key handling is in admin.js, not inline
+    script = app.client.get("/admin/static/admin.js")
+    assert script.status_code == 200 and "sessionStorage" in script.text
+    assert "localStorage" not in script.text and "document.cookie" not in script.text
+    assert app.client.get("/admin/static/admin.css").status_code == 200
+    for name in ("index.html", "..%2Fadmin.py", "nope.js"):
+        error_of(app.client.get(f"/admin/static/{name}"), 404)
+
+
+def test_admin_instances_and_doctor(app: App) -> None:
+    for path in ("instances", "doctor"):
+        error_of(app.client.get(f"/internal/admin/{path}", headers=app.login("x")), 401)
+    [instance] = app.client.get("/internal/admin/instances", headers=app.internal).json()[
+        "instances"
+    ]
+    assert instance["alive"] and instance["pubsub_ok"] and instance["pid"] == os.getpid()
+    assert instance["websockets"] == 0
+    findings = app.client.get("/internal/admin/doctor", headers=app.internal).json()["findings"]
+    assert [(f["target"], f["severity"]) for f in findings] == [("memory", "info")]

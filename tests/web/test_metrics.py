@@ -38,6 +38,9 @@ def test_metrics_count_requests_notifications_and_jobs(api: Api) -> None:
     assert metric(text, "ondoki_websockets_open") == 0
     assert metric(text, "ondoki_queue_depth", 'queue="media"') == 0
     assert metric(text, "ondoki_jobs", 'state="dead"') == 0
+    # The process's own: the API's CPU and memory.
+    assert metric(text, "process_cpu_seconds_total") > 0
+    assert metric(text, "process_resident_memory_bytes") > 0
     for name in ("ondoki_pubsub_reconnects_total", "ondoki_ws_slow_client_closes_total",
                  "ondoki_queue_oldest_age_seconds", "ondoki_http_request_duration_seconds_bucket"):  # fmt: skip
         assert name in text

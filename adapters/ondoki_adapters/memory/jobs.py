@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +21,17 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ondoki.domain import jobs
 from ondoki.domain.jobs import Context, JobKinds
 from ondoki.errors import JobQueueError, NotFound
-from ondoki.models import FINAL_STATES, JobRecord, JobStats, QueueStats
+from ondoki.models import (
+    FINAL_STATES,
+    InstanceInfo,
+    JobPage,
+    JobRecord,
+    JobState,
+    JobStats,
+    QueueStats,
+    WorkerInfo,
+    WorkerJob,
+)
 from ondoki.ports.jobs import JobNotify
 
 log = logging.getLogger("ondoki.domain.jobs.memory")
@@ -51,6 +64,7 @@ class MemoryJobQueue:
         queues: tuple[str, ...] = jobs.DEFAULT_QUEUES,
         record_ttl: float = jobs.DEFAULT_RECORD_TTL,
         max_records: int = 100_000,
+        time_limits: Mapping[str, float] | None = None,
     ) -> None:
         if concurrency < 1 or max_records < 1 or not record_ttl > 0:
             raise ValueError("concurrency, max_records and record_ttl must be positive")
@@ -60,6 +74,9 @@ class MemoryJobQueue:
         self.queues = queues
         self.record_ttl = record_ttl
         self.max_records = max_records
+        #: Kind -> seconds (`*` for the others): `checkpoint` fails a job past it. There
+        #: is no grace watchdog here: a handler that never checkpoints runs on.
+        self.time_limits = dict(time_limits or {})
         # Last-written first: with one TTL for all, this is also the order of expiry.
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         # (owner, kind, key) -> (job id, monotonic deadline), in order of expiry as well.
@@ -70,6 +87,11 @@ class MemoryJobQueue:
         # Unbounded like a Redis list: enqueue never waits for the runners.
         self._send, self._receive = anyio.create_memory_object_stream[tuple[str, int]](math.inf)
         self._running: set[str] = set()
+        # The most recent failed attempts, newest last.
+        self._failures: deque[JobRecord] = deque(maxlen=jobs.FAILURES_KEPT)
+        self._started_at: float | None = None
+        # In one process there is one instance: the last announcement is the registry.
+        self._instance: InstanceInfo | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
         # Set from the event loop, read by handler threads at their checkpoints.
         self._stopping = threading.Event()
@@ -96,6 +118,8 @@ class MemoryJobQueue:
 
     def _store(self, record: JobRecord, payload: dict[str, Any] | None = None) -> None:
         entry = self._entries.pop(record.id, None)
+        if jobs.is_failure(entry.record if entry else None, record):
+            self._failures.append(record)
         if payload is None:
             payload = entry.payload if entry is not None else {}
         self._entries[record.id] = _Entry(record, payload, time.monotonic() + self.record_ttl)
@@ -175,11 +199,79 @@ class MemoryJobQueue:
         await self._change(changed)
         return changed
 
+    async def list_jobs(
+        self,
+        owner: str,
+        *,
+        state: JobState | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        jobs.check_page(limit, state)
+        after = None if cursor is None else jobs.decode_cursor(cursor)
+        self._sweep()
+        # A scan: the memory adapter holds at most `max_records`, and listing is rare.
+        found = sorted(
+            (
+                e.record
+                for e in self._entries.values()
+                if e.record.owner == owner
+                and jobs.matches(e.record, state, kind)
+                and (after is None or jobs.sort_key(e.record) < after)
+            ),
+            key=jobs.sort_key,
+            reverse=True,
+        )
+        page = found[:limit]
+        more = len(found) > limit
+        return JobPage(page, jobs.encode_cursor(page[-1]) if more else None)
+
     async def dead(self, *, limit: int = 100) -> list[JobRecord]:
         self._sweep()
         found = [e.record for e in self._entries.values() if e.record.state == "dead"]
         found.sort(key=lambda r: r.finished_at or 0.0, reverse=True)
         return found[: max(0, limit)]
+
+    async def failures(self, *, limit: int = 50) -> list[JobRecord]:
+        return list(reversed(self._failures))[: max(0, limit)]
+
+    async def workers(self) -> list[WorkerInfo]:
+        # The embedded runner is the one worker, alive for as long as `run` runs.
+        if self._started_at is None:
+            return []
+        running = [self._entries[j].record for j in self._running if j in self._entries]
+        return [
+            WorkerInfo(
+                id=f"embedded-{socket.gethostname()}-{os.getpid()}",
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                queues=list(self.queues),
+                started_at=self._started_at,
+                heartbeat_at=time.time(),
+                jobs=[
+                    WorkerJob(
+                        job_id=r.id,
+                        kind=r.kind,
+                        attempt=r.attempts,
+                        started_at=r.started_at or r.updated_at,
+                        stage=r.stage,
+                        progress=r.progress,
+                    )
+                    for r in running
+                ],
+            )
+        ]
+
+    async def announce(self, instance: InstanceInfo) -> None:
+        self._instance = instance
+
+    async def withdraw(self, instance_id: str) -> None:
+        if self._instance is not None and self._instance.id == instance_id:
+            self._instance = None
+
+    async def instances(self) -> list[InstanceInfo]:
+        return [] if self._instance is None else [self._instance]
 
     async def stats(self) -> JobStats:
         self._sweep()
@@ -234,6 +326,7 @@ class MemoryJobQueue:
         self._stopping.clear()
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
+            self._started_at = time.time()
             for _ in range(self.concurrency):
                 tasks.start_soon(self._runner)
             task_status.started()
@@ -242,6 +335,7 @@ class MemoryJobQueue:
             finally:
                 self._stopping.set()
                 self._tasks = None
+                self._started_at = None
 
     async def _runner(self) -> None:
         async for job_id, token in self._receive:
@@ -278,6 +372,7 @@ class MemoryJobQueue:
                 ),
                 is_cancelled=lambda: self._is_cancelled(job_id),
                 stopping=self._stopping,
+                time_limit=jobs.time_limit(self.time_limits, kind.name),
             )
             # Not abandoned on cancellation: a stopping service waits for the handler, which
             # sees `_stopping` at its next checkpoint.

@@ -13,7 +13,7 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 
-from ondoki.support.redact import redact_url
+from ondoki.support.redact import redact_url, url_password
 from ondoki.support.settings import Settings
 from ondoki_adapters.redis.connection import connect, describe
 
@@ -112,7 +112,10 @@ async def _check_target(target: Target, settings: Settings, *, shared: bool) -> 
                 "check the database number in the URL (Redis has 16 by default)",
             )
             return findings
-        add("reachable", "ok", f"{where} answers, credentials accepted")
+        if url_password(target.url) is None:
+            add("reachable", "ok", f"{where} answers (no password: none was checked)")
+        else:
+            add("reachable", "ok", f"{where} answers, credentials accepted")
 
         info = await _optional(client.info)
         await _version(info, add)
@@ -224,7 +227,7 @@ def _memory(target: Target, config: dict[str, str], shared: bool, add: Add) -> N
             "error",
             f"maxmemory-policy {policy} can evict queued jobs (queue keys have no TTL)"
             + (" on the instance shared by the cache and the broker" if shared else ""),
-            "use a broker instance with noeviction (configs/redis-broker.conf), or on one shared "
+            "use a broker instance with noeviction (configs/redis/redis-broker.conf), or on one shared "
             "instance maxmemory-policy volatile-lru: every ondoki cache key has a TTL",
         )
     elif holds_queue:
@@ -243,7 +246,7 @@ def _memory(target: Target, config: dict[str, str], shared: bool, add: Add) -> N
             "maxmemory",
             "warning",
             "maxmemory is 0: the cache can grow until the host runs out",
-            "set maxmemory (the shipped configs use 256mb)",
+            "set maxmemory (configs/redis/redis-cache.conf and redis-broker.conf use 256mb)",
         )
     elif maxmemory:
         add("maxmemory", "ok", f"maxmemory {maxmemory // (1024 * 1024)} MiB", None)

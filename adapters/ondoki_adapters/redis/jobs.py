@@ -7,6 +7,12 @@ Layout, all on the broker's database (CELERY_BROKER_URL, DB 1 by default):
   its TTL (the record TTL) is renewed on every change, so finished records expire.
 - `{ns}:job-idem:{sha256(owner, kind, key)}`: the job id an idempotency key maps to, with the
   record TTL; written in the same Lua call as the record, so two racing enqueues make one job.
+- `{ns}:jobs:owner:{owner}`: sorted set of the owner's job ids by creation time, for
+  `list_jobs`; written with the record, entries created more than the record TTL ago are
+  pruned on every enqueue (ids whose record expired sooner are pruned when listed).
+- `{ns}:jobs:failures`: list of the records of the last 100 failed attempts, newest first.
+- `{ns}:workers`, `{ns}:worker:{id}`, `{ns}:instances`, `{ns}:instance:{id}`: the registry
+  of workers and API instances (see `ondoki_adapters.redis.registry`).
 - `{ns}:job-lease:{id}`: the worker running the job (SET NX PX, renewed while it runs).
 - `{ns}:jobs:dead`: sorted set of dead job ids by finish time; members older than the record
   TTL are pruned when read, and the key itself gets the record TTL on every write.
@@ -23,10 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -35,17 +41,38 @@ import msgspec
 import redis
 import redis.asyncio as aioredis
 import redis.exceptions as rex
-from dramatiq.brokers.redis import RedisBroker
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ondoki.domain import jobs
 from ondoki.domain.jobs import JobKinds
 from ondoki.errors import ConfigError, JobQueueError, NotFound
-from ondoki.models import JobRecord, JobStats, QueueStats
+from ondoki.models import (
+    InstanceInfo,
+    JobPage,
+    JobRecord,
+    JobState,
+    JobStats,
+    QueueStats,
+    WorkerInfo,
+)
 from ondoki.ports.jobs import JobNotify
 from ondoki.support.redact import redact_url
 from ondoki_adapters.redis.connection import call, connect, describe, milliseconds
+from ondoki_adapters.redis.dramatiq_surface import (
+    JobBroker,
+    delay_queue_key,
+    enqueued_at,
+    messages_key,
+    queue_key,
+)
+from ondoki_adapters.redis.registry import (
+    RegistryKeys,
+    read_instances,
+    read_workers,
+    remove_instance,
+    write_instance,
+)
 
 log = logging.getLogger("ondoki.domain.jobs.redis")
 
@@ -59,15 +86,25 @@ BACKOFF_OPTION = "ondoki_backoff"
 _records = msgspec.json.Encoder()
 
 # Create the record (and claim the idempotency key) in one step: either the key is new and
-# the job is created, or the existing job's id comes back and nothing is written.
+# the job is created, or the existing job's id comes back and nothing is written. An owned
+# job joins its owner's index, from which entries created more than the TTL ago are pruned.
+# KEYS: job, [idempotency key if ARGV[5] == '1'], [owner index if ARGV[6] == '1'].
+# ARGV: id, record, payload, ttl ms, has key, has owner, created_at, oldest created_at kept.
 _ENQUEUE = """
-if #KEYS > 1 then
-    local existing = redis.call('GET', KEYS[2])
+local n = 2
+if ARGV[5] == '1' then
+    local existing = redis.call('GET', KEYS[n])
     if existing then return existing end
-    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4])
+    redis.call('SET', KEYS[n], ARGV[1], 'PX', ARGV[4])
+    n = n + 1
 end
 redis.call('HSET', KEYS[1], 'record', ARGV[2], 'payload', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if ARGV[6] == '1' then
+    redis.call('ZADD', KEYS[n], ARGV[7], ARGV[1])
+    redis.call('ZREMRANGEBYSCORE', KEYS[n], '-inf', '(' .. ARGV[8])
+    redis.call('PEXPIRE', KEYS[n], ARGV[4])
+end
 return false
 """
 
@@ -79,9 +116,15 @@ class JobKeys:
         self.namespace = namespace
         self.broker_namespace = f"{namespace}:dramatiq"
         self.dead = f"{namespace}:jobs:dead"
+        self.failures = f"{namespace}:jobs:failures"
+        self.registry = RegistryKeys(namespace)
 
     def job(self, job_id: str) -> str:
         return f"{self.namespace}:job:{job_id}"
+
+    def owned(self, owner: str) -> str:
+        """The owner's index: job ids scored by creation time."""
+        return f"{self.namespace}:jobs:owner:{owner}"
 
     def lease(self, job_id: str) -> str:
         return f"{self.namespace}:job-lease:{job_id}"
@@ -116,75 +159,10 @@ def stage_write(
         pipe.pexpire(keys.dead, ttl_ms)
     elif before is not None and before.state == "dead":
         pipe.zrem(keys.dead, after.id)
-
-
-class JobBroker(RedisBroker):
-    """dramatiq's RedisBroker with two changes, both through dramatiq 2.x internals (the
-    `_should_do_maintenance` hook and the `do_<command>` dispatch methods):
-
-    - Queue maintenance (moving the unacked messages of workers whose heartbeat is older
-      than `heartbeat_timeout` back to their queue, dropping expired dead letters) runs on
-      every `qsize` command, which a worker's janitor sends for each queue every
-      `requeue_interval` seconds, and never otherwise. dramatiq runs it on a random 0.1% of
-      commands instead: minutes after a crash, and its Lua runs KEYS, so not per enqueue.
-    - With `capacity` set (by the worker), at most that many messages are fetched and not
-      yet acked across all of the worker's queues. dramatiq's prefetch is per queue: a
-      worker busy with a long `media` job would otherwise sit on a `celery` message that
-      an idle worker could run. Delay queues are not limited: their messages only wait
-      there for their time to come, then go back to their queue.
-    """
-
-    capacity: int | None = None
-    #: How long a consumer waits for a free slot before it gives up this fetch.
-    fetch_wait: float = 0.0
-    _gate: threading.Condition
-    _in_flight = 0
-
-    def _should_do_maintenance(self, command: str) -> int:
-        return 1 if command == "qsize" else 0
-
-    def _gated(self, queue_name: str) -> bool:
-        return self.capacity is not None and not queue_name.endswith(".DQ")
-
-    def do_fetch(self, queue_name: str, prefetch: int) -> list[bytes | None]:
-        fetch = self._dispatch("fetch")  # type: ignore[no-untyped-call]
-        if not self._gated(queue_name):
-            messages: list[bytes | None] = fetch(queue_name, prefetch)
-            return messages
-        assert self.capacity is not None
-        # One lock for check and fetch, or two consumers could both take the last slot.
-        with self._gate:
-            free = self.capacity - self._in_flight
-            if free <= 0:
-                # Wait for an ack instead of returning empty: dramatiq's consumer would
-                # then sleep several ms before asking again, which caps a busy worker at
-                # one job per sleep (measured: 130 no-op jobs/s against 295 with the wait).
-                self._gate.wait(self.fetch_wait)
-                free = self.capacity - self._in_flight
-                if free <= 0:
-                    return []
-            messages = fetch(queue_name, min(prefetch, free))
-            # dramatiq skips (and never acks) a message whose body has vanished.
-            self._in_flight += sum(1 for message in messages if message is not None)
-            return messages
-
-    def _done(self, queue_name: str, count: int) -> None:
-        if self._gated(queue_name):
-            with self._gate:
-                self._in_flight = max(0, self._in_flight - count)
-                self._gate.notify_all()
-
-    def do_ack(self, queue_name: str, message_id: str) -> None:
-        self._dispatch("ack")(queue_name, message_id)  # type: ignore[no-untyped-call]
-        self._done(queue_name, 1)
-
-    def do_nack(self, queue_name: str, message_id: str) -> None:
-        self._dispatch("nack")(queue_name, message_id)  # type: ignore[no-untyped-call]
-        self._done(queue_name, 1)
-
-    def do_requeue(self, queue_name: str, *message_ids: str) -> None:
-        self._dispatch("requeue")(queue_name, *message_ids)  # type: ignore[no-untyped-call]
-        self._done(queue_name, len(message_ids))
+    if jobs.is_failure(before, after):
+        pipe.lpush(keys.failures, encode_record(after))
+        pipe.ltrim(keys.failures, 0, jobs.FAILURES_KEPT - 1)
+        pipe.pexpire(keys.failures, ttl_ms)
 
 
 def build_broker(
@@ -194,20 +172,19 @@ def build_broker(
     heartbeat_timeout: float = 60.0,
     middleware: Sequence[dramatiq.Middleware] = (),
     capacity: int | None = None,
+    fetch_wait: float = 0.0,
 ) -> JobBroker:
     """A broker on `client` without dramatiq's default middleware: retries, time limits and
     results are ondoki's business (records, backoff, leases), not dramatiq's. `capacity`
     limits what a worker holds (see `JobBroker`); leave it None for enqueueing."""
-    # dramatiq annotates little of RedisBroker (its __init__ not at all).
-    broker: JobBroker = JobBroker(  # type: ignore[no-untyped-call]
+    return JobBroker(
         client=client,
         namespace=keys.broker_namespace,
-        heartbeat_timeout=milliseconds(heartbeat_timeout),
-        middleware=list(middleware),
+        heartbeat_timeout_ms=milliseconds(heartbeat_timeout),
+        middleware=middleware,
+        capacity=capacity,
+        fetch_wait=fetch_wait,
     )
-    broker._gate = threading.Condition()
-    broker.capacity = capacity
-    return broker
 
 
 def job_message(
@@ -267,6 +244,7 @@ class DramatiqJobQueue:
         queues: tuple[str, ...] = jobs.DEFAULT_QUEUES,
         record_ttl: float = jobs.DEFAULT_RECORD_TTL,
         timeout: float = 5.0,
+        worker_timeout: float = 60.0,
     ) -> None:
         if (client is None) != (sync_client is None):
             raise ValueError("DramatiqJobQueue needs a url, or both client and sync_client")
@@ -287,6 +265,8 @@ class DramatiqJobQueue:
         self.queues = queues
         self.keys = JobKeys(namespace)
         self.record_ttl = record_ttl
+        #: A worker whose last heartbeat is older than this is listed as dead.
+        self.worker_timeout = worker_timeout
         self._ttl_ms = milliseconds(record_ttl)
         self.broker = build_broker(sync_client, self.keys)
         self._enqueue_script = client.register_script(_ENQUEUE)
@@ -366,7 +346,18 @@ class DramatiqJobQueue:
         keys = [self.keys.job(job_id)]
         if idempotency_key is not None:
             keys.append(self.keys.idempotency(owner, kind, idempotency_key))
-        args: list[str | bytes | int] = [job_id, encode_record(record), body, self._ttl_ms]
+        if owner is not None:
+            keys.append(self.keys.owned(owner))
+        args: list[str | bytes | int] = [
+            job_id,
+            encode_record(record),
+            body,
+            self._ttl_ms,
+            int(idempotency_key is not None),
+            int(owner is not None),
+            repr(record.created_at),
+            repr(record.created_at - self.record_ttl),
+        ]
         existing = await self._run(
             "job enqueue",
             lambda: self._enqueue_script(keys=keys, args=args),
@@ -383,13 +374,20 @@ class DramatiqJobQueue:
         except BaseException:
             # Without its message the job would sit in `queued` forever: take it back.
             with anyio.CancelScope(shield=True):
-                await self._forget(keys)
+                await self._forget(job_id, owner, keys[: 1 + (idempotency_key is not None)])
             raise
         return job_id
 
-    async def _forget(self, keys: list[str]) -> None:
+    async def _forget(self, job_id: str, owner: str | None, keys: list[str]) -> None:
+        async def forget() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(*keys)
+                if owner is not None:
+                    pipe.zrem(self.keys.owned(owner), job_id)
+                await pipe.execute()
+
         try:
-            await self._run("job enqueue (undo)", lambda: self.client.delete(*keys))
+            await self._run("job enqueue (undo)", forget)
         except JobQueueError as exc:
             log.warning("could not remove the record of a job that was not queued: %s", exc)
 
@@ -405,16 +403,48 @@ class DramatiqJobQueue:
         await jobs.tell(self.notify, after)
         return after
 
+    async def failures(self, *, limit: int = 50) -> list[JobRecord]:
+        if limit <= 0:
+            return []
+        raws = await self._run(
+            "job failures", lambda: self.client.lrange(self.keys.failures, 0, limit - 1)
+        )
+        return [decode_record(raw) for raw in raws]
+
+    async def workers(self) -> list[WorkerInfo]:
+        return await self._run(
+            "job workers",
+            lambda: read_workers(self.client, self.keys.registry, alive_within=self.worker_timeout),
+        )
+
+    async def announce(self, instance: InstanceInfo) -> None:
+        await self._run(
+            "instance announce", lambda: write_instance(self.client, self.keys.registry, instance)
+        )
+
+    async def withdraw(self, instance_id: str) -> None:
+        await self._run(
+            "instance withdraw",
+            lambda: remove_instance(self.client, self.keys.registry, instance_id),
+        )
+
+    async def instances(self) -> list[InstanceInfo]:
+        return await self._run(
+            "instances",
+            lambda: read_instances(
+                self.client, self.keys.registry, alive_within=self.worker_timeout
+            ),
+        )
+
     async def stats(self) -> JobStats:
         prefix = self.keys.broker_namespace
 
         async def read() -> list[Any]:
             async with self.client.pipeline(transaction=False) as pipe:
                 for queue in self.queues:
-                    pipe.llen(f"{prefix}:{queue}")
-                    pipe.llen(f"{prefix}:{queue}.DQ")
-                    # dramatiq RPUSHes and LPOPs: the head of the list waited longest.
-                    pipe.lindex(f"{prefix}:{queue}", 0)
+                    pipe.llen(queue_key(prefix, queue))
+                    pipe.llen(delay_queue_key(prefix, queue))
+                    pipe.lindex(queue_key(prefix, queue), 0)
                 pipe.zcard(self.keys.dead)
                 return list(await pipe.execute())
 
@@ -436,17 +466,75 @@ class DramatiqJobQueue:
         return JobStats(queues=queues, states=states)
 
     async def _age(self, queue: str, message_id: str, now: float) -> float | None:
-        raw = await self._run(
-            "job stats",
-            lambda: self.client.hget(f"{self.keys.broker_namespace}:{queue}.msgs", message_id),
-        )
+        key = messages_key(self.keys.broker_namespace, queue)
+        raw: Any = await self._run("job stats", lambda: self.client.hget(key, message_id))
         if raw is None:
             return None  # taken by a worker meanwhile
-        try:
-            sent = msgspec.json.decode(raw)["message_timestamp"] / 1000
-        except (msgspec.DecodeError, KeyError, TypeError):
-            return None
-        return max(0.0, now - float(sent))
+        sent = enqueued_at(bytes(raw))
+        return None if sent is None else max(0.0, now - sent)
+
+    async def list_jobs(
+        self,
+        owner: str,
+        *,
+        state: JobState | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        jobs.check_page(limit, state)
+        last = None if cursor is None else jobs.decode_cursor(cursor)
+        index = self.keys.owned(owner)
+        found: list[JobRecord] = []
+        batch = max(limit + 1, 50)
+        # Keyset pagination over the owner's index, (created_at, id) descending as Redis
+        # orders a reversed sorted set; filters are applied to the records read.
+        while len(found) <= limit:
+            rows = await self._run("job list", partial(self._scan, index, last, batch))
+            fresh = [(float(score), _text(member)) for member, score in rows]
+            fresh = [key for key in fresh if last is None or key < last]
+            if not fresh:
+                if len(rows) < batch:
+                    break
+                batch *= 2  # a page's worth of ties on one timestamp: look further
+                continue
+            last = fresh[-1]
+            found.extend(
+                record
+                for record in await self._records([job_id for _, job_id in fresh], index)
+                if jobs.matches(record, state, kind)
+            )
+            if len(rows) < batch:
+                break
+            # Filters that match few jobs: read more per round trip as the scan goes on.
+            batch = min(batch * 2, 2000)
+        page = found[:limit]
+        return JobPage(page, jobs.encode_cursor(page[-1]) if len(found) > limit else None)
+
+    async def _scan(
+        self, index: str, last: tuple[float, str] | None, batch: int
+    ) -> list[tuple[bytes, float]]:
+        top: float | str = "+inf" if last is None else last[0]
+        rows: list[Any] = await self.client.zrevrangebyscore(
+            index, top, "-inf", start=0, num=batch, withscores=True
+        )
+        return [(bytes(member), float(score)) for member, score in rows]
+
+    async def _records(self, ids: list[str], index: str) -> list[JobRecord]:
+        """The records of `ids` in order; ids whose record expired leave the index."""
+
+        async def read() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hget(self.keys.job(job_id), "record")
+                values: list[Any] = await pipe.execute()
+                return values
+
+        raws = await self._run("job list", read)
+        gone = [job_id for job_id, raw in zip(ids, raws, strict=True) if raw is None]
+        if gone:
+            await self._run("job list", lambda: self.client.zrem(index, *gone))
+        return [decode_record(raw) for raw in raws if raw is not None]
 
     async def dead(self, *, limit: int = 100) -> list[JobRecord]:
         if limit <= 0:

@@ -21,11 +21,14 @@ redelivered message finds the record `running`, and `begin` counts the dead atte
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -34,21 +37,21 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import dramatiq
+import msgspec
 import redis
 import redis.exceptions as rex
 from anyio.streams.memory import MemoryObjectReceiveStream
-from dramatiq.common import dq_name
 
 from ondoki.domain import jobs
 from ondoki.domain.jobs import Context, JobKinds
 from ondoki.errors import JobQueueError
-from ondoki.models import FINAL_STATES, JobRecord
-from ondoki.ports.jobs import JobNotify
+from ondoki.models import FINAL_STATES, JobRecord, WorkerInfo, WorkerJob
+from ondoki.ports.jobs import JobNotify, JobObserver
 from ondoki_adapters.redis.connection import describe, milliseconds
+from ondoki_adapters.redis.dramatiq_surface import JobBroker, JobWorker
 from ondoki_adapters.redis.jobs import (
     ACTOR,
     BACKOFF_OPTION,
-    JobBroker,
     JobKeys,
     blocking,
     blocking_client,
@@ -57,6 +60,7 @@ from ondoki_adapters.redis.jobs import (
     job_message,
     stage_write,
 )
+from ondoki_adapters.redis.registry import remove_worker, write_worker
 
 log = logging.getLogger("ondoki.worker")
 
@@ -96,6 +100,9 @@ class WorkerOptions:
     stop_timeout: float = 600.0
     #: Socket timeout of the worker's Redis connections.
     redis_timeout: float = 10.0
+    #: A job still running this long past its time limit has reached no checkpoint since:
+    #: it is made dead and the worker process exits to be replaced (see `run_worker`).
+    time_limit_grace: float = 300.0
 
     def __post_init__(self) -> None:
         values = (
@@ -106,6 +113,7 @@ class WorkerOptions:
             self.cancel_check_interval,
             self.stop_timeout,
             self.redis_timeout,
+            self.time_limit_grace,
         )
         if not all(value > 0 for value in values):
             raise ValueError("worker timings must be positive")
@@ -132,8 +140,12 @@ class _Runner:
         options: WorkerOptions,
         record_ttl: float,
         emit: Callable[[JobRecord], None],
+        time_limits: Mapping[str, float],
+        observer: JobObserver | None,
     ) -> None:
         self.client = client
+        self.time_limits = time_limits
+        self.observer = observer
         self.keys = keys
         self.kinds = kinds
         self.queues = queues
@@ -148,6 +160,12 @@ class _Runner:
         self._lock = threading.Lock()
         self._held: dict[str, str] = {}
         self._lost: set[str] = set()
+        # What this worker runs now, for its registry entry (see `heartbeat`).
+        self._current: dict[str, WorkerJob] = {}
+        self.started_at = time.time()
+        # Held across a registry write, so that no heartbeat lands after `deregister`.
+        self._registry = threading.Lock()
+        self._deregistered = False
 
     # -- Redis, from threads ------------------------------------------------------------------
 
@@ -288,8 +306,18 @@ class _Runner:
                 is_cancelled=partial(self._is_cancelled, job_id),
                 stopping=self.stopping,
                 check_interval=self.options.cancel_check_interval,
+                time_limit=jobs.time_limit(self.time_limits, kind.name),
+                observer=self.observer,
             )
-            outcome = jobs.execute(kind, ctx, payload)
+            with self._lock:
+                self._current[job_id] = WorkerJob(
+                    job_id=job_id, kind=kind.name, attempt=record.attempts, started_at=time.time()
+                )
+            try:
+                outcome = jobs.execute(kind, ctx, payload, self.observer)
+            finally:
+                with self._lock:
+                    self._current.pop(job_id, None)
         else:
             outcome = jobs.Outcome("dead", error=f"unknown job kind {record.kind!r}")
 
@@ -325,6 +353,10 @@ class _Runner:
             return True
         if changed is None:
             return False
+        with self._lock:
+            current = self._current.get(job_id)
+            if current is not None:
+                current.stage, current.progress = stage, progress
         self.emit(changed)
         return True
 
@@ -371,17 +403,101 @@ class _Runner:
                 with self._lock:
                     self._lost.add(job_id)
 
+    def overdue(self) -> tuple[bool, list[JobRecord]]:
+        """Make dead the jobs running past their time limit and grace (they reached no
+        checkpoint since the limit): whether there were any, and the records to notify
+        before the process exits."""
+        now, grace = time.time(), self.options.time_limit_grace
+        with self._lock:
+            late = [
+                (job, self._held.get(job.job_id), limit)
+                for job in self._current.values()
+                if (limit := jobs.time_limit(self.time_limits, job.kind)) is not None
+                and now - job.started_at > limit + grace
+            ]
+        given_up: list[JobRecord] = []
+        for job, lease, limit in late:
+            error = (
+                f"the job ran past its time limit of {limit:g}s and reached no checkpoint "
+                f"within {grace:g}s more: its worker was replaced"
+            )
+            log.critical(
+                "job %s (%s): %s",
+                job.job_id,
+                job.kind,
+                error,
+                extra={
+                    "job_id": job.job_id,
+                    "kind": job.kind,
+                    "attempt": job.attempt,
+                    "stage": job.stage,
+                    "duration_ms": round((now - job.started_at) * 1000),
+                },
+            )
+            try:
+                record = self._update(job.job_id, partial(_abandon, error=error), lease=lease)
+            except (_LeaseLost, JobQueueError) as exc:
+                log.warning("job %s: could not mark it dead: %s", job.job_id, exc)
+                continue
+            if record is not None:
+                given_up.append(record)
+        return bool(late), given_up
+
+    def heartbeat(self) -> None:
+        """Register (or refresh) this worker in `{ns}:workers`, with what it runs now."""
+        assert self.broker is not None
+        worker_id, now = self.broker.broker_id, time.time()
+        registry = self.keys.registry
+        with self._lock:
+            running = [msgspec.structs.replace(job) for job in self._current.values()]
+        info = WorkerInfo(
+            id=worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=list(self.queues),
+            started_at=self.started_at,
+            heartbeat_at=now,
+            jobs=running,
+        )
+
+        with self._registry:
+            if self._deregistered:
+                return
+            try:
+                blocking("worker heartbeat", partial(write_worker, self.client, registry, info))
+            except JobQueueError as exc:
+                log.warning("%s", exc)
+                return
+        if self.observer is not None:
+            self.observer.worker_heartbeat(now)
+
+    def deregister(self) -> None:
+        """Leave the registry: a worker that stopped cleanly is not listed as dead."""
+        assert self.broker is not None
+        worker_id = self.broker.broker_id
+
+        with self._registry:
+            self._deregistered = True
+            try:
+                remove = partial(remove_worker, self.client, self.keys.registry, worker_id)
+                blocking("worker deregistration", remove)
+            except JobQueueError as exc:
+                log.warning("%s", exc)
+
     def maintain(self) -> None:
         """Heartbeat, and requeue the messages of dead workers, on every queue we serve."""
         assert self.broker is not None
         broker = self.broker
         for queue in self.queues:
-            for name in (queue, dq_name(queue)):
-                try:
-                    blocking("broker maintenance", partial(broker.do_qsize, name))
-                except JobQueueError as exc:
-                    log.warning("%s", exc)
-                    return
+            try:
+                blocking("broker maintenance", partial(broker.maintain, queue))
+            except JobQueueError as exc:
+                log.warning("%s", exc)
+                return
+
+
+def _abandon(record: JobRecord, *, error: str) -> JobRecord | None:
+    return jobs.abandoned(record, error, time.time())
 
 
 class _BackoffOver(dramatiq.Middleware):
@@ -414,6 +530,9 @@ async def run_worker(
     options: WorkerOptions | None = None,
     record_ttl: float = jobs.DEFAULT_RECORD_TTL,
     handle_signals: bool = False,
+    time_limits: Mapping[str, float] | None = None,
+    observer: JobObserver | None = None,
+    replace: Callable[[], None] | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a dramatiq worker for `queues` until cancelled (or, with `handle_signals`, until
@@ -428,6 +547,12 @@ async def run_worker(
     Stopping: handlers are interrupted at their next checkpoint (their jobs are queued again,
     the attempt given back) and awaited for up to `options.stop_timeout`; messages fetched
     but not started go back to their queues.
+
+    Time limits (`time_limits`: kind -> seconds, `*` for the others): a job past its limit
+    fails (dead) at its next checkpoint. One still running `options.time_limit_grace` later
+    reached none, and a thread cannot be stopped from outside: its record is made dead and
+    `replace` is called, by default exiting the process with status `EXIT_REPLACED` so that
+    its supervisor starts a fresh worker. `observer` is told about attempts and stages.
     """
     options = options or WorkerOptions()
     if threads < 1:
@@ -457,6 +582,8 @@ async def run_worker(
         options=options,
         record_ttl=record_ttl,
         emit=emit,
+        time_limits=dict(time_limits or {}),
+        observer=observer,
     )
     broker = build_broker(
         client,
@@ -464,6 +591,7 @@ async def run_worker(
         heartbeat_timeout=options.heartbeat_timeout,
         middleware=[_BackoffOver(runner)],
         capacity=threads,
+        fetch_wait=options.poll_interval,
     )
     runner.broker = broker
     dramatiq.Actor(
@@ -476,21 +604,20 @@ async def run_worker(
     )
     for queue in queues:
         broker.declare_queue(queue)
-    worker = dramatiq.Worker(
-        broker,
-        queues=set(queues),
-        worker_timeout=milliseconds(options.poll_interval),
-        worker_threads=threads,
-    )
     # dramatiq's default holds 2 messages per thread and queue; the broker's `capacity`
     # keeps the whole worker to what it can run at once. One more than that per queue lets
     # a consumer ask for the next message while the current one is being acked: the gate
     # then hands it over as soon as the slot is free (see JobBroker.do_fetch).
-    worker.queue_prefetch = threads + 1
-    broker.fetch_wait = options.poll_interval
+    worker = JobWorker(
+        broker,
+        queues=set(queues),
+        worker_timeout_ms=milliseconds(options.poll_interval),
+        worker_threads=threads,
+        queue_prefetch=threads + 1,
+    )
 
     async with anyio.create_task_group() as root:
-        root.start_soon(_housekeeping, runner, receive, notify, options)
+        root.start_soon(_housekeeping, runner, receive, notify, options, replace or _exit)
         try:
             await anyio.to_thread.run_sync(worker.start)
             log.info("worker %s consuming %s", broker.broker_id, ", ".join(queues))
@@ -501,6 +628,7 @@ async def run_worker(
                 runner.stopping.set()
                 try:
                     await anyio.to_thread.run_sync(worker.stop, milliseconds(options.stop_timeout))
+                    await anyio.to_thread.run_sync(runner.deregister)
                 finally:
                     # Ends the housekeeping once the last notification is out.
                     send.close()
@@ -523,17 +651,47 @@ async def _housekeeping(
     receive: MemoryObjectReceiveStream[JobRecord],
     notify: JobNotify | None,
     options: WorkerOptions,
+    replace: Callable[[], None],
 ) -> None:
     # Shielded: it must outlive the cancellation of `run_worker` until the dramatiq worker
     # has stopped, heartbeating and renewing leases while handlers finish.
     with anyio.CancelScope(shield=True):
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_every, options.requeue_interval, runner.maintain)
+            tasks.start_soon(_every, options.requeue_interval, runner.heartbeat)
             tasks.start_soon(_every, options.lease_ttl / 3, runner.renew_leases)
+            tasks.start_soon(_watchdog, runner, notify, options.requeue_interval, replace)
             async with receive:
                 async for record in receive:
                     await jobs.tell(notify, record)
             tasks.cancel_scope.cancel()
+
+
+#: The exit status of a worker that replaces itself (a job stuck past its time limit).
+EXIT_REPLACED = 3
+
+
+def _exit() -> None:
+    sys.stderr.flush()
+    os._exit(EXIT_REPLACED)
+
+
+async def _watchdog(
+    runner: _Runner, notify: JobNotify | None, interval: float, replace: Callable[[], None]
+) -> None:
+    while True:
+        await anyio.sleep(interval)
+        try:
+            late, given_up = await anyio.to_thread.run_sync(runner.overdue)
+        except Exception:
+            log.exception("worker watchdog failed")
+            continue
+        for record in given_up:
+            await jobs.tell(notify, record)
+        if late:
+            log.critical("a job is stuck past its time limit: this worker replaces itself")
+            replace()
+            return
 
 
 async def _every(interval: float, function: Callable[[], None]) -> None:

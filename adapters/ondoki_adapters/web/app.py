@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from ondoki import errors
 from ondoki.entrypoints.services import Services
+from ondoki_adapters.web import admin
 from ondoki_adapters.web.cors import cors_middleware
 from ondoki_adapters.web.direct import DirectFrames
 from ondoki_adapters.web.http import (
@@ -89,9 +90,11 @@ def create_app(open_services: ServicesFactory, *, cors_origins: Sequence[str] = 
             yield {"services": services}
 
     registry = CollectorRegistry(auto_describe=True)
+    # CPU, memory, open files and start time of this process (process_*).
+    ProcessCollector(registry=registry)
     metrics = MetricsEndpoint(registry)
     return Starlette(
-        routes=[*routes, Route("/metrics", metrics.handle, methods=["GET"])],
+        routes=[*routes, *admin.routes, Route("/metrics", metrics.handle, methods=["GET"])],
         # DirectFrames first: it needs the server's own `send`, unwrapped. CORS next, so that
         # error responses carry its headers too (a browser hides a response without them).
         middleware=[

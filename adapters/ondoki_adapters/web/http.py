@@ -92,3 +92,12 @@ def check_json(body: bytes) -> None:
         msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"body is not valid JSON: {exc}") from None
+
+
+def query_limit(request: Request, default: int, maximum: int) -> int:
+    """The `?limit=` query parameter, `default` when absent; `InvalidInput` unless it is an
+    integer from 1 to `maximum`."""
+    raw = request.query_params.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise InvalidInput(f"limit must be an integer from 1 to {maximum}, got {raw[:32]!r}")
+    return int(raw)

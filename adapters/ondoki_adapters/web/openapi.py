@@ -105,6 +105,13 @@ _SIGNATURE = (
     Param("signature", "query", "the signed URL's HMAC"),
 )
 _BODY = (400, 413, 415, 422)
+_PAGE = (
+    Param("state", "query", "only jobs in this state",
+          {"enum": ["queued", "running", "succeeded", "failed", "dead", "cancelled"]}),
+    Param("limit", "query", "how many, newest first (default 50)",
+          {"type": "integer", "minimum": 1, "maximum": 200}),
+    Param("cursor", "query", "the `next_cursor` of the previous page"),
+)  # fmt: skip
 
 #: Every HTTP operation of the app. A test checks that the app has no route missing here.
 OPERATIONS: tuple[Operation, ...] = (
@@ -130,6 +137,12 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("post", "/internal/notifications", "Publish a notification to a user",
               "api_key", ok=202, response=Position, body=wire.PublishNotification,
               errors=_BODY),
+    Operation("get", "/jobs", "The caller's jobs, newest first, in pages", "session",
+              response=wire.JobPage,
+              params=(*_PAGE, Param("kind", "query", "only jobs of this kind")),
+              errors=(422,)),
+    Operation("get", "/imports", "The caller's video imports, newest first, in pages",
+              "session", response=wire.JobPage, params=_PAGE, errors=(422,)),
     Operation("get", "/jobs/{job_id}", "A job of the caller's", "session",
               response=JobView, errors=(404,)),
     Operation("delete", "/jobs/{job_id}", "Cancel a job of the caller's", "session",
@@ -159,6 +172,24 @@ OPERATIONS: tuple[Operation, ...] = (
               errors=(426,),
               description="Connect with a WebSocket client; see docs/websocket.md. A plain "
               "HTTP request is answered 426."),
+    Operation("get", "/admin", "The operators' dashboard (asks for the API key)", "none",
+              response=str, ok_media=("text/html",)),
+    Operation("get", "/admin/static/{name}", "The dashboard's files", "none",
+              response=bytes, ok_media=("text/css", "text/javascript"), errors=(404,)),
+    Operation("get", "/internal/admin/queues", "Queues: depth, delayed, oldest age",
+              "api_key", response=Any),
+    Operation("get", "/internal/admin/workers", "Workers, live and dead, with their jobs",
+              "api_key", response=Any),
+    Operation("get", "/internal/admin/instances",
+              "API instances: WebSockets and pub/sub health", "api_key", response=Any),
+    Operation("get", "/internal/admin/doctor", "The doctor's findings", "api_key",
+              response=Any),
+    Operation("get", "/internal/admin/jobs/dead", "Dead jobs with their errors", "api_key",
+              response=Any, params=(_LIMIT,), errors=(422,)),
+    Operation("get", "/internal/admin/jobs/failures", "Recent failed attempts", "api_key",
+              response=Any, params=(_LIMIT,), errors=(422,)),
+    Operation("post", "/internal/admin/jobs/{job_id}/retry", "Replay a dead job", "api_key",
+              ok=202, response=JobView, errors=(404, 409)),
     Operation("get", "/openapi.json", "This document", "none", response=Any),
     Operation("get", "/docs", "The API's documentation page", "none",
               response=str, ok_media=("text/html",)),

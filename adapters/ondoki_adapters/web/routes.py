@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import msgspec
@@ -15,9 +15,10 @@ from starlette.routing import Route, WebSocketRoute
 
 from ondoki.domain.imports import UploadDetails
 from ondoki.domain.job_view import job_view
+from ondoki.domain.media import KIND as IMPORT_KIND
 from ondoki.domain.sessions import session_id
 from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge
-from ondoki.models import JobRecord
+from ondoki.models import JobRecord, JobState
 from ondoki_adapters.web import wire
 from ondoki_adapters.web.auth import require_api_key, require_session, services
 from ondoki_adapters.web.guide_page import render_page
@@ -26,6 +27,7 @@ from ondoki_adapters.web.http import (
     UpgradeRequired,
     check_json,
     json_response,
+    query_limit,
     read_body,
     read_json,
     require_json,
@@ -116,6 +118,33 @@ async def job(request: Request) -> Response:
     return json_response(job_view(record))
 
 
+async def _list_jobs(request: Request, kind: str | None) -> Response:
+    _, session, _ = await require_session(request)
+    params = request.query_params
+    # An unknown state is refused by the queue (`check_page`) with the known ones named.
+    state = cast(JobState | None, params.get("state"))
+    page = await services(request).jobs.list_jobs(
+        session.user_id,
+        state=state,
+        kind=kind,
+        limit=query_limit(request, 50, 200),
+        cursor=params.get("cursor"),
+    )
+    return json_response(wire.JobPage([job_view(record) for record in page.jobs], page.next_cursor))
+
+
+async def list_jobs(request: Request) -> Response:
+    """The caller's jobs, newest first: `?state=`, `?kind=`, `?limit=` (50), `?cursor=`."""
+    return await _list_jobs(request, request.query_params.get("kind"))
+
+
+async def imports(request: Request) -> Response:
+    if request.method == "GET":
+        # The caller's imports: the same listing, of the import kind only.
+        return await _list_jobs(request, IMPORT_KIND)
+    return await create_import(request)
+
+
 _VIDEO_TYPES = ("video/", "application/octet-stream")
 
 
@@ -198,10 +227,7 @@ async def import_frame(request: Request) -> Response:
 
 async def dead_jobs(request: Request) -> Response:
     require_api_key(request)
-    raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise InvalidInput("limit must be an integer from 1 to 1000")
-    dead = await services(request).jobs.dead(limit=int(raw))
+    dead = await services(request).jobs.dead(limit=query_limit(request, 100, 1000))
     return json_response(wire.DeadJobs([job_view(record) for record in dead]))
 
 
@@ -253,7 +279,8 @@ routes = [
     Route("/internal/notifications", publish_notification, methods=["POST"]),
     Route("/jobs/{job_id}", job, methods=["GET", "DELETE"]),
     Route("/internal/jobs/dead", dead_jobs, methods=["GET"]),
-    Route("/imports", create_import, methods=["POST"]),
+    Route("/jobs", list_jobs, methods=["GET"]),
+    Route("/imports", imports, methods=["GET", "POST"]),
     Route("/imports/{job_id}/guide", import_guide, methods=["GET"]),
     Route("/imports/{job_id}/frames/{name}", import_frame, methods=["GET"]),
     Route("/internal/jobs/{job_id}/retry", retry_job, methods=["POST"]),

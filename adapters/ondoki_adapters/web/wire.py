@@ -93,6 +93,13 @@ class DeadJobs(msgspec.Struct):
     jobs: list[JobView]
 
 
+class JobPage(msgspec.Struct):
+    """One page of the caller's jobs, newest first; `next_cursor` asks for the next page."""
+
+    jobs: list[JobView]
+    next_cursor: str | None
+
+
 class GuideStepView(GuideStep, kw_only=True):
     #: Where the step's picture is: a signed URL that works without credentials.
     frame_url: str
