@@ -105,7 +105,7 @@ _SIGNATURE = (
     Param("signature", "query", "the signed URL's HMAC"),
 )
 _BODY = (400, 413, 415, 422)
-_PAGE = (
+_LISTING = (
     Param("state", "query", "only jobs in this state",
           {"enum": ["queued", "running", "succeeded", "failed", "dead", "cancelled"]}),
     Param("limit", "query", "how many, newest first (default 50)",
@@ -139,10 +139,10 @@ OPERATIONS: tuple[Operation, ...] = (
               errors=_BODY),
     Operation("get", "/jobs", "The caller's jobs, newest first, in pages", "session",
               response=wire.JobPage,
-              params=(*_PAGE, Param("kind", "query", "only jobs of this kind")),
+              params=(*_LISTING, Param("kind", "query", "only jobs of this kind")),
               errors=(422,)),
     Operation("get", "/imports", "The caller's video imports, newest first, in pages",
-              "session", response=wire.JobPage, params=_PAGE, errors=(422,)),
+              "session", response=wire.JobPage, params=_LISTING, errors=(422,)),
     Operation("get", "/jobs/{job_id}", "A job of the caller's", "session",
               response=JobView, errors=(404,)),
     Operation("delete", "/jobs/{job_id}", "Cancel a job of the caller's", "session",
