@@ -72,17 +72,31 @@ async def read_json(request: Request, into: type[T], *, limit: int) -> T:
     body = await read_body(request, limit=limit)
     if not body.strip():
         raise MalformedBody("request body is empty; expected a JSON object")
+    decoded: T = decode_json(body, into)
+    return decoded
+
+
+def decode_json(body: bytes, into: Any = Any) -> Any:
+    """`body` decoded into `into`; `MalformedBody` (400) for anything that is not JSON,
+    `InvalidInput` (422) for JSON that does not fit `into`. Every request body goes
+    through here, so no byte sequence reaches the 500 handler."""
     try:
         return msgspec.json.decode(body, type=into)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"request body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        # msgspec checks UTF-8 only inside strings, and reports it outside its own tree.
+        raise MalformedBody(
+            f"request body is not valid JSON: invalid UTF-8 at byte {exc.start}"
+        ) from None
+    except RecursionError:
+        raise MalformedBody(
+            "request body is not valid JSON for this service: nested too deeply"
+        ) from None
 
 
 def check_json(body: bytes) -> None:
     """Raise `MalformedBody` unless `body` is one valid JSON document."""
-    try:
-        msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise MalformedBody(f"body is not valid JSON: {exc}") from None
+    decode_json(body)
