@@ -97,6 +97,7 @@ def build_pubsub(settings: Settings) -> PubSub:
         namespace=settings.namespace,
         history_size=settings.history_size,
         history_ttl=settings.history_ttl_seconds,
+        timeout=settings.redis_timeout_seconds,
     )
 
 

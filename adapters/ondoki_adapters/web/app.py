@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from ondoki import errors
 from ondoki.entrypoints.services import Services
+from ondoki_adapters.web.auth import has_api_key
 from ondoki_adapters.web.direct import DirectFrames
 from ondoki_adapters.web.http import MalformedBody, UnsupportedMediaType, error_response
 from ondoki_adapters.web.metrics import MetricsEndpoint
@@ -49,13 +50,20 @@ def status_for(exc: errors.OndokiError) -> int:
     return 500
 
 
+# What a 503 says to a caller without the API key: where Redis runs is not theirs to know.
+_UNAVAILABLE = "a backend did not answer; retry shortly (the server log has the details)"
+
+
 async def _ondoki_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.OndokiError)
     status = status_for(exc)
+    message = exc.message
     if status >= 500:
         log.warning("%s %s failed: %s", request.method, request.url.path, exc)
+        if not has_api_key(request):
+            message = _UNAVAILABLE
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return error_response(status, exc.code, exc.message, headers)
+    return error_response(status, exc.code, message, headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -28,6 +28,16 @@ def bearer(conn: HTTPConnection) -> str:
     return token
 
 
+def has_api_key(conn: HTTPConnection) -> bool:
+    """Whether the request carries the service API key (no error, nothing counted): for
+    responses that show operators more than they show anyone else."""
+    header = conn.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), services(conn).api_key.encode()
+    )
+
+
 def require_api_key(conn: HTTPConnection) -> None:
     """Pass only requests carrying the service API key."""
     token = bearer(conn)

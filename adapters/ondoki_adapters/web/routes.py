@@ -15,7 +15,7 @@ from ondoki.domain.imports import public
 from ondoki.domain.sessions import session_id
 from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge
 from ondoki.models import JobRecord
-from ondoki_adapters.web.auth import require_api_key, require_session, services
+from ondoki_adapters.web.auth import has_api_key, require_api_key, require_session, services
 from ondoki_adapters.web.http import (
     UnsupportedMediaType,
     check_json,
@@ -67,6 +67,9 @@ async def readyz(request: Request) -> Response:
     async with anyio.create_task_group() as tasks:
         for name, part in services(request).parts.items():
             tasks.start_soon(check, name, part.ping)
+    if not has_api_key(request):
+        # Error texts name hosts and ports: only operators (the API key) see them.
+        parts = {name: {"ok": part["ok"]} for name, part in parts.items()}
     ready = all(part["ok"] for part in parts.values())
     body = {"status": "ready" if ready else "unavailable", "parts": dict(sorted(parts.items()))}
     return json_response(body, 200 if ready else 503)
