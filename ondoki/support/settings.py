@@ -105,6 +105,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     memory_cache_max_bytes: Positive = 64 * 1024 * 1024
     redis_timeout_seconds: Seconds = 5.0
 
+    # Abuse and faults: uploads, request bodies, API-key guessing, HTTP/2 (docs/limits.md).
+    body_idle_timeout_seconds: Seconds = 30.0
+    max_concurrent_uploads: Positive = 16
+    max_concurrent_uploads_per_user: Positive = 2
+    max_active_imports_per_user: Positive = 5
+    media_min_free_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1024**3
+    import_retention_seconds: Seconds = 7 * 86_400.0
+    api_key_failure_limit: Positive = 10
+    api_key_failure_window_seconds: Seconds = 60.0
+    allow_h2c: bool = False
+    metrics_refresh_seconds: Seconds = 5.0
+
     @property
     def uses_redis(self) -> bool:
         return self.redis_url is not None
@@ -237,6 +249,10 @@ def _check(settings: Settings) -> None:
         )
     if settings.state_ttl_seconds > settings.state_max_ttl_seconds:
         raise ConfigError("ONDOKI_STATE_TTL_SECONDS", "is larger than ONDOKI_STATE_MAX_TTL_SECONDS")
+    if settings.max_concurrent_uploads_per_user > settings.max_concurrent_uploads:
+        raise ConfigError(
+            "ONDOKI_MAX_CONCURRENT_UPLOADS_PER_USER", "is larger than ONDOKI_MAX_CONCURRENT_UPLOADS"
+        )
     if settings.ws_send_buffer_bytes < settings.notification_max_bytes:
         raise ConfigError(
             "ONDOKI_WS_SEND_BUFFER_BYTES",

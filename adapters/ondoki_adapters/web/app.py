@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ondoki import errors
 from ondoki.entrypoints.services import Services
@@ -23,6 +24,7 @@ from ondoki_adapters.web.http import MalformedBody, UnsupportedMediaType, error_
 from ondoki_adapters.web.metrics import MetricsEndpoint
 from ondoki_adapters.web.observe import HttpMetrics, RequestContext
 from ondoki_adapters.web.routes import routes
+from ondoki_adapters.web.throttle import ApiKeyGuard, seconds_header
 
 log = logging.getLogger("ondoki.web")
 
@@ -32,12 +34,15 @@ _STATUS: list[tuple[type[errors.OndokiError], int]] = [
     (errors.Unauthorized, 401),
     (errors.Forbidden, 403),
     (errors.NotFound, 404),
+    (errors.BodyTimeout, 408),
     (errors.JobStateError, 409),
     (errors.TooLarge, 413),
     (UnsupportedMediaType, 415),
     (errors.UnsupportedMedia, 415),
     (errors.InvalidInput, 422),
+    (errors.TooManyRequests, 429),
     (errors.BackendError, 503),
+    (errors.InsufficientStorage, 507),
 ]
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
@@ -58,11 +63,18 @@ async def _ondoki_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.OndokiError)
     status = status_for(exc)
     message = exc.message
+    headers: dict[str, str] = {}
     if status >= 500:
         log.warning("%s %s failed: %s", request.method, request.url.path, exc)
-        if not has_api_key(request):
+        if status == 503 and not has_api_key(request):
             message = _UNAVAILABLE
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, errors.TooManyRequests):
+        headers["Retry-After"] = seconds_header(exc.retry_after)
+    if isinstance(exc, errors.BodyTimeout):
+        # The rest of the body may still come; the connection cannot be reused.
+        headers["Connection"] = "close"
     return error_response(status, exc.code, message, headers)
 
 
@@ -77,18 +89,55 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error; see the server log")
 
 
+class RefuseCleartextHttp2:
+    """Answers HTTP/2 requests that came without TLS (h2c, by prior knowledge or by
+    `Upgrade: h2c`) with 505, unless ONDOKI_ALLOW_H2C is set. Hypercorn speaks h2c on every
+    plain listener and has no setting to stop it; a proxy that passes `Upgrade: h2c` on
+    would otherwise hand its clients a connection its own rules no longer see."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope.get("http_version") == "2"
+            and scope.get("scheme") == "http"
+            and not scope.get("state", {}).get("allow_h2c", False)
+        ):
+            response = error_response(
+                505,
+                "http_version_not_supported",
+                "HTTP/2 without TLS is off on this server (ONDOKI_ALLOW_H2C): use HTTP/1.1",
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 ServicesFactory = Callable[[], AbstractAsyncContextManager[Services]]
 
 
 def create_app(open_services: ServicesFactory) -> Starlette:
     """The ASGI app; the composition root's `open_services` runs in its lifespan."""
 
+    registry = CollectorRegistry(auto_describe=True)
+    guard = ApiKeyGuard(registry)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with open_services() as services:
-            yield {"services": services}
+            settings = services.settings
+            guard.configure(
+                limit=settings.api_key_failure_limit,
+                window=settings.api_key_failure_window_seconds,
+            )
+            yield {
+                "services": services,
+                "api_key_guard": guard,
+                "allow_h2c": settings.allow_h2c,
+            }
 
-    registry = CollectorRegistry(auto_describe=True)
     metrics = MetricsEndpoint(registry)
     return Starlette(
         routes=[*routes, Route("/metrics", metrics.handle, methods=["GET"])],
@@ -96,6 +145,7 @@ def create_app(open_services: ServicesFactory) -> Starlette:
         middleware=[
             Middleware(DirectFrames),
             Middleware(RequestContext, metrics=HttpMetrics(registry)),
+            Middleware(RefuseCleartextHttp2),
         ],
         lifespan=lifespan,
         exception_handlers={
