@@ -21,6 +21,7 @@ def h2c_upgrade_status(port: int) -> tuple[bytes, int]:
     request served over HTTP/2."""
     connection = h2.connection.H2Connection()
     settings = connection.initiate_upgrade_connection()
+    assert settings is not None
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
             b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n"
