@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,3 +97,34 @@ def test_a_killed_redis_is_503_and_readyz_names_it_only_to_the_api_key(
     operator = httpx.get(f"{server.url}/readyz", headers=INTERNAL, timeout=30)
     assert operator.status_code == 503
     assert str(fresh_redis.port) in operator.json()["parts"]["cache"]["error"]
+
+
+def test_metrics_scrapes_do_not_queue_behind_a_hung_redis(
+    start: Start, fresh_redis: RedisServer
+) -> None:
+    server = start(
+        REDIS_URL=fresh_redis.url(0),
+        ONDOKI_API_KEY=API_KEY,
+        ONDOKI_REDIS_TIMEOUT_SECONDS=str(TIMEOUT),
+        ONDOKI_METRICS_REFRESH_SECONDS="0.5",
+    ).wait_ready()
+    assert "ondoki_queue_depth" in httpx.get(f"{server.url}/metrics", timeout=30).text
+    took: list[float] = []
+
+    def scrape() -> None:
+        response, seconds = timed("GET", f"{server.url}/metrics")
+        assert response.status_code == 200
+        took.append(seconds)
+
+    time.sleep(0.6)  # the snapshot is due again
+    with stopped(fresh_redis):
+        threads = [threading.Thread(target=scrape) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert len(took) == 10
+    # Before: each scrape waited for the one before it (2 s each, up to 20 s). Now at most
+    # one scrape reads the queue (up to its 2 s); the others answer from the snapshot.
+    assert max(took) < 4.5, sorted(took)
+    assert sorted(took)[-2] < 1.5, sorted(took)
