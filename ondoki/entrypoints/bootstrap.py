@@ -20,6 +20,7 @@ from ondoki.domain.namespaces import NamespacedCache
 from ondoki.domain.notifications import NotificationHub, job_notifier
 from ondoki.domain.sessions import Sessions
 from ondoki.domain.state import TemporaryState
+from ondoki.domain.uploads import ImportFiles, UploadLimits, notify_all
 from ondoki.entrypoints.services import Services
 from ondoki.errors import ConfigError, OndokiError
 from ondoki.ports.cache import Cache
@@ -150,6 +151,25 @@ async def warn_if_queue_can_be_evicted(settings: Settings) -> None:
         log.warning("JOBS MAY BE LOST: %s (run `ondoki doctor`)", warning)
 
 
+def upload_limits(settings: Settings) -> UploadLimits:
+    return UploadLimits(
+        max_bytes=settings.max_upload_bytes,
+        max_concurrent=settings.max_concurrent_uploads,
+        max_concurrent_per_user=settings.max_concurrent_uploads_per_user,
+        max_active_imports_per_user=settings.max_active_imports_per_user,
+        min_free_bytes=settings.media_min_free_bytes,
+        idle_timeout=settings.body_idle_timeout_seconds,
+        retention=settings.import_retention_seconds,
+    )
+
+
+def job_callbacks(settings: Settings, hub: NotificationHub) -> JobNotify:
+    """What every process that changes job records does on each change: drop a finished
+    import's video, and tell the job's owner."""
+    files = ImportFiles(Path(settings.media_dir), upload_limits(settings))
+    return notify_all(files.job_changed, job_notifier(hub, public))
+
+
 def hub_for(settings: Settings, pubsub: PubSub) -> NotificationHub:
     return NotificationHub(
         pubsub,
@@ -182,7 +202,7 @@ async def open_services(
             stack.push_async_callback(pubsub.aclose)
         await tasks.start(pubsub.run)
         hub = hub_for(settings, pubsub)
-        jobs = build_jobs(settings, kinds or build_kinds(settings), job_notifier(hub, public))
+        jobs = build_jobs(settings, kinds or build_kinds(settings), job_callbacks(settings, hub))
         stack.push_async_callback(jobs.aclose)
         if isinstance(jobs, Runnable):
             # The memory queue runs jobs inside this process (the embedded default).
@@ -195,6 +215,7 @@ async def open_services(
             Path(settings.media_dir),
             max_bytes=settings.max_upload_bytes,
             key_ttl=settings.job_record_ttl_seconds,
+            uploads=upload_limits(settings),
         )
         await tasks.start(imports.run)
         services = Services(
@@ -265,7 +286,7 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
             settings.broker,
             kinds=kinds,
             queues=queues,
-            notify=job_notifier(hub_for(settings, pubsub), public),
+            notify=job_callbacks(settings, hub_for(settings, pubsub)),
             namespace=settings.namespace,
             threads=1,
             record_ttl=settings.job_record_ttl_seconds,

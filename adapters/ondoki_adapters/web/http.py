@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import anyio
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ondoki.errors import InvalidInput, OndokiError, TooLarge
+from ondoki.errors import BodyTimeout, InvalidInput, OndokiError, TooLarge
+from ondoki_adapters.web.auth import services
 
 T = TypeVar("T")
 
@@ -41,13 +43,24 @@ def error_response(
 
 
 async def read_body(request: Request, *, limit: int) -> bytes:
-    """The whole body, refused with `TooLarge` as soon as it passes `limit` bytes."""
+    """The whole body, refused with `TooLarge` as soon as it passes `limit` bytes, and
+    with `BodyTimeout` when nothing arrives for ONDOKI_BODY_IDLE_TIMEOUT_SECONDS (the
+    server itself waits for a body forever)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    idle = services(request).settings.body_idle_timeout_seconds
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    stream = aiter(request.stream())
+    while True:
+        try:
+            with anyio.fail_after(idle):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise BodyTimeout(f"no part of the request body arrived for {idle:g} s") from None
         size += len(chunk)
         if size > limit:
             raise TooLarge(f"request body is over the limit of {limit} bytes")

@@ -142,7 +142,12 @@ async def create_import(request: Request) -> Response:
     key = request.headers.get("idempotency-key")
     job_id = await found.imports.known(session.user_id, key)
     if job_id is None:
-        job_id = await found.imports.upload(session.user_id, request.stream(), idempotency_key=key)
+        job_id = await found.imports.upload(
+            session.user_id,
+            request.stream(),
+            idempotency_key=key,
+            declared_bytes=int(declared) if declared is not None and declared.isdigit() else None,
+        )
     return json_response({"job_id": job_id}, 202, {"Location": f"/jobs/{job_id}"})
 
 
