@@ -131,9 +131,9 @@ async def call(
 
     Non-idempotent operations are tried once: a lost reply could otherwise apply them twice.
     Waiting for a pooled connection, every attempt and the pauses between them share one
-    deadline: `deadline` seconds, or less when the request's budget (`ondoki.support.deadline`) has
-    less left. Any redis-py error, and the deadline, end as `error`, with a message that
-    names `what` failed.
+    deadline: `deadline` seconds, or less when the request's budget
+    (`ondoki.support.deadline`) has less left. Any redis-py error, and the deadline, end as
+    `error`, with a message that names `what` failed.
     """
     limit, budget = allowance(deadline)
     started = anyio.current_time()
