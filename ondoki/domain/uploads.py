@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +23,14 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from ondoki.errors import BodyTimeout, InsufficientStorage, NotFound, TooLarge, TooManyRequests
+from ondoki.errors import (
+    BodyTimeout,
+    ConfigError,
+    InsufficientStorage,
+    NotFound,
+    TooLarge,
+    TooManyRequests,
+)
 from ondoki.models import FINAL_STATES, JobRecord
 from ondoki.ports.cache import Cache
 from ondoki.ports.jobs import JobQueue
@@ -149,6 +157,19 @@ class ImportFiles:
         self.index = (media_dir / "import-jobs").resolve()
         self.limits = limits
 
+    def prepare(self) -> None:
+        """Make the upload directory and write a file in it: `ConfigError` naming
+        ONDOKI_MEDIA_DIR if that cannot be done (better at start than as a 500 on the first
+        upload)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-test-"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                "ONDOKI_MEDIA_DIR", f"cannot write uploads to {self.root}: {exc.strerror}"
+            ) from None
+
     # -- receiving -------------------------------------------------------------------------
 
     def check_space(self, needed: int = 0) -> None:
@@ -237,7 +258,7 @@ class ImportFiles:
             removed = 0
             for directory in self.root.glob("*"):
                 try:
-                    if not directory.is_dir():
+                    if not directory.is_dir() or directory.name.startswith("."):
                         continue
                     partial = directory / PARTIAL
                     if directory.stat().st_mtime < old or (

@@ -53,7 +53,8 @@ def resolve_api_key(settings: Settings) -> str:
 
 def check_backend(settings: Settings, library: str | None = None) -> None:
     """Refuse combinations that cannot work, before anything is opened. `library` is the
-    async library that will run the service (default: the one running now)."""
+    async library that will run the service (default: the one running now). Also makes
+    the media directory, refusing one uploads cannot be written to."""
     if library is None:
         library = sniffio.current_async_library()
     if settings.uses_redis and library == "trio":
@@ -62,6 +63,7 @@ def check_backend(settings: Settings, library: str | None = None) -> None:
             "the Redis adapters need asyncio (redis-py has no trio support); "
             "use --worker-class asyncio or uvloop, or unset REDIS_URL for the memory adapters",
         )
+    ImportFiles(Path(settings.media_dir), upload_limits(settings)).prepare()
 
 
 def build_cache(settings: Settings) -> Cache:

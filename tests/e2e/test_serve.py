@@ -93,6 +93,7 @@ def test_readyz_follows_redis(start: Start, fresh_redis: RedisServer) -> None:
         ((), {"REDIS_URL": "redis://:s3cr3tPW/x9@127.0.0.1:1/0"}, "REDIS_URL"),
         ((), {"ONDOKI_ENV": "production"}, "ONDOKI_API_KEY"),
         ((), {"REDIS_URL": "redis://127.0.0.1:1/0?foo=1"}, "REDIS_URL"),
+        ((), {"ONDOKI_MEDIA_DIR": "/proc/no-such-dir"}, "ONDOKI_MEDIA_DIR"),
         ((), {"REDIS_URL": "redis://127.0.0.1:1/0?db=x"}, "REDIS_URL"),
         (
             (),

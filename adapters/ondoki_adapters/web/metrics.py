@@ -57,6 +57,11 @@ class ServiceCollector(Collector):
             "ondoki_ws_slow_client_closes", "Clients closed with 4008 (too slow)", hub.slow_closes
         )
         yield _counter("ondoki_ws_resyncs", "Resync frames sent (history gaps)", hub.resyncs)
+        yield _gauge(
+            "ondoki_uploads_in_progress",
+            "Uploads being received by this instance (see ONDOKI_MAX_CONCURRENT_UPLOADS)",
+            found.imports.gate.in_progress,
+        )
         pubsub = found.pubsub
         yield _counter(
             "ondoki_pubsub_reconnects",
