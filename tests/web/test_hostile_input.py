@@ -83,11 +83,13 @@ def test_deep_but_allowed_nesting_is_still_stored(api: Api) -> None:
 )
 def test_whatever_the_bytes_a_json_body_gets_a_4xx_or_success(api: Api, body: bytes) -> None:
     json_type = {"Content-Type": "application/json"}
+    session = api.login("fuzz")
     for response in (
         api.client.post("/internal/sessions", content=body, headers={**api.internal, **json_type}),
         api.client.post(
             "/internal/notifications", content=body, headers={**api.internal, **json_type}
         ),
+        api.client.put("/state/k", content=body, headers={**session, **json_type}),
     ):
         assert response.status_code < 500, response.text
         if response.status_code >= 400:
