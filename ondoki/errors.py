@@ -72,6 +72,28 @@ class TooLarge(OndokiError):
     code = "too_large"
 
 
+class TooManyRequests(OndokiError):
+    """A limit on concurrent or repeated use was reached; `retry_after` says when (seconds)."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: float, **fields: object) -> None:
+        super().__init__(message, retry_after=retry_after, **fields)
+        self.retry_after = retry_after
+
+
+class InsufficientStorage(OndokiError):
+    """The server has not enough free disk space to take this upload."""
+
+    code = "insufficient_storage"
+
+
+class BodyTimeout(OndokiError):
+    """The client stopped sending its request body (nothing arrived for too long)."""
+
+    code = "request_timeout"
+
+
 class BackendError(OndokiError):
     """A backing service (Redis, broker) failed or could not be reached."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import secrets
@@ -16,6 +17,8 @@ import anyio.abc
 import msgspec
 
 from ondoki.domain.media import KIND, QUEUE, Guide, read_guide
+from ondoki.domain.namespaces import NamespacedCache
+from ondoki.domain.uploads import ActiveImports, ImportFiles, UploadGate, UploadLimits
 from ondoki.errors import InvalidInput, JobStateError, NotFound, TooLarge
 from ondoki.models import JobRecord
 from ondoki.ports.cache import Cache
@@ -25,7 +28,6 @@ from ondoki.ports.media import MediaLimits, VideoProbe
 log = logging.getLogger("ondoki.domain.imports")
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
-
 #: Caption files an upload may carry, and their largest size.
 CAPTION_SUFFIXES = (".srt", ".vtt")
 MAX_CAPTION_BYTES = 8 * 1024 * 1024
@@ -75,15 +77,24 @@ class Imports:
         limits: MediaLimits | None = None,
         key_ttl: float,
         probe: VideoProbe,
+        uploads: UploadLimits | None = None,
     ) -> None:
         self.jobs = jobs
         self.probe = probe
         self.cache = cache
-        # Absolute: the job's paths are read by workers whose working directory may differ.
-        self.root = (media_dir / "imports").resolve()
         self.max_bytes = max_bytes
         self.limits = limits or MediaLimits()
         self.key_ttl = key_ttl
+        self.upload_limits = dataclasses.replace(uploads or UploadLimits(), max_bytes=max_bytes)
+        self.files = ImportFiles(media_dir, self.upload_limits)
+        self.root = self.files.root
+        self.gate = UploadGate(self.upload_limits)
+        self.active = ActiveImports(
+            NamespacedCache(cache, "active:"),
+            jobs,
+            limit=self.upload_limits.max_active_imports_per_user,
+            ttl=key_ttl,
+        )
 
     async def run(
         self,
@@ -91,32 +102,20 @@ class Imports:
         every: float = 3600.0,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Sweep old imports every `every` seconds, for the life of the service."""
+        """Sweep imports at start (partial uploads a killed process left) and then every
+        `every` seconds, for the life of the service."""
         task_status.started()
         while True:
             removed = await self.sweep()
             if removed:
-                log.info("removed %d import(s) older than their job records", removed)
+                log.info("removed %d old or abandoned import(s)", removed)
             await anyio.sleep(every)
 
     async def sweep(self) -> int:
-        """Remove imports (upload and guide) untouched for longer than their job records
-        live: nobody can ask for them any more. Dead and cancelled imports are kept as long
-        as their records, so a dead one can still be retried."""
-        horizon = time.time() - self.key_ttl
-
-        def sweep() -> int:
-            removed = 0
-            for directory in self.root.glob("*"):
-                try:
-                    if directory.is_dir() and directory.stat().st_mtime < horizon:
-                        shutil.rmtree(directory, ignore_errors=True)
-                        removed += 1
-                except FileNotFoundError:
-                    continue  # another instance swept it first
-            return removed
-
-        return await anyio.to_thread.run_sync(sweep)
+        """Remove imports untouched for the retention period and partial uploads nobody
+        writes any more (see `ImportFiles.sweep`). A dead import keeps its video until
+        then, so it can still be retried."""
+        return await self.files.sweep()
 
     async def known(self, user_id: str, idempotency_key: str | None) -> str | None:
         """The job already made for this key, if the cache remembers it (a fast path that
@@ -132,40 +131,53 @@ class Imports:
         body: AsyncIterable[bytes],
         *,
         idempotency_key: str | None = None,
+        declared_bytes: int | None = None,
         details: UploadDetails | None = None,
     ) -> str:
-        """Store the video, check it, queue its import; the job's id. Raises `TooLarge` past
-        `max_bytes`, `UnsupportedMedia` for what is not an importable video and
-        `InvalidInput` for an unusable caption file; either way nothing is kept. `details`
-        (title, captions) is read after `body` is exhausted."""
+        """Store the video, check it, queue its import; the job's id. Before reading a
+        byte: `TooManyRequests` when the user has too many unfinished imports or uploads
+        in progress, or this instance too many uploads; `InsufficientStorage` when the
+        media directory would fall under its free-space floor. While reading: `TooLarge`
+        past `max_bytes`, `BodyTimeout` when the body stalls. Then `UnsupportedMedia` for
+        what is not an importable video, `InvalidInput` for an unusable caption file. On any
+        error nothing is kept. `details` (title, captions) is read after `body` is
+        exhausted."""
         key = None if idempotency_key is None else check_key(idempotency_key)
-        started = time.time()
-        directory = self.root / secrets.token_hex(12)
-        source = directory / "source"
-        await anyio.Path(directory).mkdir(parents=True)
-        try:
-            await self._receive(body, source)
-            payload = {
-                "video_path": str(source),
-                "output_dir": str(directory / "guide"),
-                **await self._details(details or UploadDetails(), directory),
-            }
-            await anyio.to_thread.run_sync(lambda: self.probe.probe(source, limits=self.limits))
-            job_id = await self.jobs.enqueue(
-                KIND,
-                payload,
-                queue=QUEUE,
-                owner=user_id,
-                idempotency_key=key,
-            )
-        except BaseException:
-            await anyio.to_thread.run_sync(lambda: shutil.rmtree(directory, ignore_errors=True))
-            raise
-        if key is not None:
-            record = await self.jobs.get(job_id)
-            if record.created_at < started:
-                # Someone sent this key before: that job stands, this copy goes.
+        await self.active.check(user_id)
+        async with self.gate.slot(user_id):
+            await anyio.to_thread.run_sync(self.files.check_space, declared_bytes or 0)
+            started = time.time()
+            directory = self.root / secrets.token_hex(12)
+            await anyio.Path(directory).mkdir(parents=True)
+            try:
+                source = await self.files.receive(body, directory)
+                payload = {
+                    "video_path": str(source),
+                    "output_dir": str(directory / "guide"),
+                    **await self._details(details or UploadDetails(), directory),
+                }
+                await anyio.to_thread.run_sync(lambda: self.probe.probe(source, limits=self.limits))
+                job_id = await self.jobs.enqueue(
+                    KIND,
+                    payload,
+                    queue=QUEUE,
+                    owner=user_id,
+                    idempotency_key=key,
+                )
+            except BaseException:
                 await anyio.to_thread.run_sync(lambda: shutil.rmtree(directory, True))
+                raise
+        record = await self.jobs.get(job_id)
+        if key is not None and record.created_at < started:
+            # Someone sent this key before: that job stands, this copy goes.
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(directory, True))
+        else:
+            await self.files.remember(job_id, directory)
+            if record.state in ("succeeded", "cancelled"):
+                # It ended before it was remembered: its end found no source to drop.
+                await self.files.drop_source(directory)
+            await self.active.add(user_id, job_id)
+        if key is not None:
             await self.cache.set(self._key(user_id, key), job_id.encode(), ttl=self.key_ttl)
         return job_id
 
@@ -183,15 +195,6 @@ class Imports:
             await anyio.Path(path).write_bytes(details.captions)
             found["captions_path"] = str(path)
         return found
-
-    async def _receive(self, body: AsyncIterable[bytes], path: Path) -> None:
-        size = 0
-        async with await anyio.open_file(path, "wb") as file:
-            async for chunk in body:
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise TooLarge(f"the video is over the limit of {self.max_bytes} bytes")
-                await file.write(chunk)
 
     async def guide(self, record: JobRecord) -> tuple[Guide, Path]:
         """The published guide of an import job, and its directory."""

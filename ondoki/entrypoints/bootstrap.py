@@ -27,6 +27,7 @@ from ondoki.domain.notifications import NotificationHub, job_notifier
 from ondoki.domain.sessions import Sessions
 from ondoki.domain.signed_urls import UrlSigner
 from ondoki.domain.state import TemporaryState
+from ondoki.domain.uploads import ImportFiles, UploadLimits, notify_all
 from ondoki.entrypoints.services import Services
 from ondoki.errors import ConfigError, OndokiError
 from ondoki.models import InstanceInfo
@@ -72,7 +73,8 @@ def resolve_signing_key(settings: Settings) -> str:
 
 def check_backend(settings: Settings, library: str | None = None) -> None:
     """Refuse combinations that cannot work, before anything is opened. `library` is the
-    async library that will run the service (default: the one running now)."""
+    async library that will run the service (default: the one running now). Also makes
+    the media directory, refusing one uploads cannot be written to."""
     if library is None:
         library = sniffio.current_async_library()
     if settings.uses_redis and library == "trio":
@@ -81,6 +83,7 @@ def check_backend(settings: Settings, library: str | None = None) -> None:
             "the Redis adapters need asyncio (redis-py has no trio support); "
             "use --worker-class asyncio or uvloop, or unset REDIS_URL for the memory adapters",
         )
+    ImportFiles(Path(settings.media_dir), upload_limits(settings)).prepare()
 
 
 def build_cache(settings: Settings) -> Cache:
@@ -177,6 +180,7 @@ def build_pubsub(settings: Settings) -> PubSub:
         namespace=settings.namespace,
         history_size=settings.history_size,
         history_ttl=settings.history_ttl_seconds,
+        timeout=settings.redis_timeout_seconds,
     )
 
 
@@ -246,6 +250,25 @@ async def warn_if_queue_can_be_evicted(settings: Settings) -> None:
         log.warning("JOBS MAY BE LOST: %s (run `ondoki doctor`)", warning)
 
 
+def upload_limits(settings: Settings) -> UploadLimits:
+    return UploadLimits(
+        max_bytes=settings.max_upload_bytes,
+        max_concurrent=settings.max_concurrent_uploads,
+        max_concurrent_per_user=settings.max_concurrent_uploads_per_user,
+        max_active_imports_per_user=settings.max_active_imports_per_user,
+        min_free_bytes=settings.media_min_free_bytes,
+        idle_timeout=settings.body_idle_timeout_seconds,
+        retention=settings.import_retention_seconds,
+    )
+
+
+def job_callbacks(settings: Settings, hub: NotificationHub) -> JobNotify:
+    """What every process that changes job records does on each change: drop a finished
+    import's video, and tell the job's owner."""
+    files = ImportFiles(Path(settings.media_dir), upload_limits(settings))
+    return notify_all(files.job_changed, job_notifier(hub, for_owner))
+
+
 def hub_for(settings: Settings, pubsub: PubSub) -> NotificationHub:
     return NotificationHub(
         pubsub,
@@ -285,7 +308,7 @@ async def open_services(
             stack.push_async_callback(pubsub.aclose)
         await tasks.start(pubsub.run)
         hub = hub_for(settings, pubsub)
-        jobs = build_jobs(settings, kinds or build_kinds(settings), job_notifier(hub, for_owner))
+        jobs = build_jobs(settings, kinds or build_kinds(settings), job_callbacks(settings, hub))
         stack.push_async_callback(jobs.aclose)
         if isinstance(jobs, Runnable):
             # The memory queue runs jobs inside this process (the embedded default).
@@ -299,6 +322,7 @@ async def open_services(
             max_bytes=settings.max_upload_bytes,
             key_ttl=settings.job_record_ttl_seconds,
             probe=build_decoder(settings),
+            uploads=upload_limits(settings),
         )
         await tasks.start(imports.run)
         services = Services(
@@ -442,7 +466,7 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
             settings.broker,
             kinds=kinds,
             queues=queues,
-            notify=job_notifier(hub_for(settings, pubsub), for_owner),
+            notify=job_callbacks(settings, hub_for(settings, pubsub)),
             namespace=settings.namespace,
             threads=1,
             record_ttl=settings.job_record_ttl_seconds,

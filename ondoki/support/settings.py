@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -31,6 +32,35 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 # The database's URL goes by the name the PostgreSQL ecosystem uses.
 _OTHER_NAMES = {"database_url": "DATABASE_URL"}
 _DATABASE_SCHEMES = ("postgresql://", "postgres://")
+# Query parameters a Redis URL may carry. redis-py hands any other name to the connection
+# as a keyword argument, which fails only when the first connection is made.
+_URL_PARAMETERS = frozenset({"db", "username", "password"})
+_TLS_PARAMETERS = frozenset(
+    {
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_check_hostname",
+        "ssl_min_version",
+    }
+)
+# Connection options ondoki sets itself, from its own settings, for every client alike.
+_OWN_PARAMETERS = frozenset(
+    {
+        "socket_timeout",
+        "socket_connect_timeout",
+        "timeout",
+        "health_check_interval",
+        "max_connections",
+        "retry_on_timeout",
+        "protocol",
+    }
+)
+#: How to make an API key production accepts (quoted in the error that refuses one).
+API_KEY_RECIPE = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+PRODUCTION_API_KEY_CHARS = 32
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -100,6 +130,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cors_origins: list[str] = msgspec.field(default_factory=list)
     url_signing_key: str | None = None
     frame_url_ttl_seconds: Seconds = 3_600.0
+
+    # Abuse and faults: uploads, request bodies, API-key guessing, HTTP/2 (docs/limits.md).
+    body_idle_timeout_seconds: Seconds = 30.0
+    max_concurrent_uploads: Positive = 16
+    max_concurrent_uploads_per_user: Positive = 2
+    max_active_imports_per_user: Positive = 5
+    media_min_free_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1024**3
+    import_retention_seconds: Seconds = 7 * 86_400.0
+    api_key_failure_limit: Positive = 10
+    api_key_failure_window_seconds: Seconds = 60.0
+    allow_h2c: bool = False
+    metrics_refresh_seconds: Seconds = 5.0
 
     @property
     def uses_redis(self) -> bool:
@@ -311,6 +353,7 @@ def _check(settings: Settings) -> None:
             )
         if url is not None:
             _check_url(env_name(field), url)
+            _check_query(env_name(field), url)
     if settings.redis_url is None:
         for field, url in (
             ("broker_url", settings.broker_url),
@@ -343,6 +386,10 @@ def _check(settings: Settings) -> None:
         )
     if settings.state_ttl_seconds > settings.state_max_ttl_seconds:
         raise ConfigError("ONDOKI_STATE_TTL_SECONDS", "is larger than ONDOKI_STATE_MAX_TTL_SECONDS")
+    if settings.max_concurrent_uploads_per_user > settings.max_concurrent_uploads:
+        raise ConfigError(
+            "ONDOKI_MAX_CONCURRENT_UPLOADS_PER_USER", "is larger than ONDOKI_MAX_CONCURRENT_UPLOADS"
+        )
     if settings.ws_send_buffer_bytes < settings.notification_max_bytes:
         raise ConfigError(
             "ONDOKI_WS_SEND_BUFFER_BYTES",
@@ -411,14 +458,53 @@ def _check_database_url(url: str) -> None:
         ) from None
 
 
+def _check_query(variable: str, url: str) -> None:
+    scheme = urlsplit(url).scheme
+    allowed = _URL_PARAMETERS | (_TLS_PARAMETERS if scheme == "rediss" else frozenset())
+    for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if name in _OWN_PARAMETERS:
+            raise ConfigError(
+                variable,
+                f"sets {name!r} in the URL; ondoki sets it for every Redis client "
+                "(see ONDOKI_REDIS_TIMEOUT_SECONDS): remove it from the URL",
+            )
+        if name not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise ConfigError(
+                variable, f"has an unknown query parameter {name[:32]!r} (known: {known})"
+            )
+        if not value:
+            raise ConfigError(variable, f"has an empty {name!r} query parameter")
+        if name == "db" and not value.isdigit():
+            raise ConfigError(variable, "has a db query parameter that is not a number")
+
+
 def _has_password(url: str) -> bool:
-    return url_password(url) is not None or "password=" in urlsplit(url).query
+    query = parse_qsl(urlsplit(url).query, keep_blank_values=True)
+    return url_password(url) is not None or any(n == "password" and v for n, v in query)
+
+
+def weak_api_key(key: str) -> str | None:
+    """Why `key` is too weak for production, or None. A production key is at least
+    `PRODUCTION_API_KEY_CHARS` characters, carries at least 128 bits by a generous
+    estimate (length x log2 of its distinct characters), and is no short string repeated."""
+    if len(key) < PRODUCTION_API_KEY_CHARS:
+        return f"is {len(key)} characters; production needs at least {PRODUCTION_API_KEY_CHARS}"
+    if len(key) * math.log2(max(2, len(set(key)))) < 128 or key in (key + key)[1:-1]:
+        return "is too predictable (repeated or few distinct characters)"
+    return None
 
 
 def _check_production(settings: Settings) -> None:
     """Production refuses what is fine on a laptop: each refusal names its variable."""
     if settings.api_key is None:
-        raise ConfigError("ONDOKI_API_KEY", "is required when ONDOKI_ENV=production")
+        raise ConfigError(
+            "ONDOKI_API_KEY",
+            f"is required when ONDOKI_ENV=production; make one with: {API_KEY_RECIPE}",
+        )
+    weakness = weak_api_key(settings.api_key)
+    if weakness is not None:
+        raise ConfigError("ONDOKI_API_KEY", f"{weakness}; make one with: {API_KEY_RECIPE}")
     if settings.redis_url is None:
         raise ConfigError(
             "REDIS_URL",

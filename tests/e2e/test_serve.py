@@ -93,6 +93,18 @@ def test_readyz_follows_redis(start: Start, fresh_redis: RedisServer) -> None:
         ((), {"REDIS_URL": "http://nope"}, "REDIS_URL"),
         ((), {"REDIS_URL": "redis://:s3cr3tPW/x9@127.0.0.1:1/0"}, "REDIS_URL"),
         ((), {"ONDOKI_ENV": "production"}, "ONDOKI_API_KEY"),
+        ((), {"REDIS_URL": "redis://127.0.0.1:1/0?foo=1"}, "REDIS_URL"),
+        ((), {"ONDOKI_MEDIA_DIR": "/proc/no-such-dir"}, "ONDOKI_MEDIA_DIR"),
+        ((), {"REDIS_URL": "redis://127.0.0.1:1/0?db=x"}, "REDIS_URL"),
+        (
+            (),
+            {
+                "ONDOKI_ENV": "production",
+                "ONDOKI_API_KEY": "a" * 16,
+                "REDIS_URL": "redis://:pw-x9Q@h/0",
+            },
+            "secrets.token_urlsafe",
+        ),
         (("--worker-class", "trio"), {"REDIS_URL": "redis://127.0.0.1:1/0"}, "trio"),
     ],
 )

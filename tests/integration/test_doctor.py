@@ -131,6 +131,19 @@ def test_user_without_pubsub_permission_is_an_error(fresh_redis: RedisServer) ->
     assert "subscribe" in pubsub["fix"]
 
 
+@pytest.mark.parametrize("query", ["?foo=1", "?socket_timeout=30", "?password="])
+def test_a_bad_url_query_is_one_line_and_exit_2(query: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ondoki", "doctor"],
+        env=clean_env(REDIS_URL=f"redis://127.0.0.1:1/0{query}"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "REDIS_URL" in lines[0]
+
+
 def test_unreachable_server_is_an_error() -> None:
     status, findings, _ = doctor(REDIS_URL="redis://127.0.0.1:1/0")
     assert status == 1

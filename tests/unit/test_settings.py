@@ -171,7 +171,7 @@ def test_env_names() -> None:
 
 PROD = {
     "ONDOKI_ENV": "production",
-    "ONDOKI_API_KEY": "prod-key-0123456789",
+    "ONDOKI_API_KEY": "Vq3x9LrT0bKz7NpW2sYd5HfJ8mGc1AeU4iRo6tQk",
     "DATABASE_URL": "postgresql://ondoki:pw@db:5432/ondoki",
     "ONDOKI_URL_SIGNING_KEY": "prod-signing-key-0123456789abcdef",
 }
@@ -227,17 +227,48 @@ def test_production_refusals(environ: dict[str, str], variable: str, says: str) 
 
 
 @pytest.mark.parametrize(
+    ("environ", "variable", "says"),
+    [
+        ({"REDIS_URL": "redis://r/0?foo=1"}, "REDIS_URL", "unknown query parameter 'foo'"),
+        ({"REDIS_URL": "redis://r/0?socket_timeout=60"}, "REDIS_URL", "ONDOKI_REDIS_TIMEOUT"),
+        ({"REDIS_URL": "redis://r/0?db=one"}, "REDIS_URL", "not a number"),
+        ({"REDIS_URL": "redis://r/0?ssl_certfile=/c"}, "REDIS_URL", "unknown query parameter"),
+        (
+            {"REDIS_URL": "redis://r/0", "CELERY_BROKER_URL": "unix:///s?password="},
+            "CELERY_BROKER_URL",
+            "empty 'password'",
+        ),
+        ({**PROD, "REDIS_URL": "redis://r/0?password="}, "REDIS_URL", "empty 'password'"),
+        ({**PROD, "ONDOKI_API_KEY": "a" * 16}, "ONDOKI_API_KEY", "at least 32"),
+        ({**PROD, "ONDOKI_API_KEY": "a" * 64}, "ONDOKI_API_KEY", "predictable"),
+        ({**PROD, "ONDOKI_API_KEY": "abcd" * 12}, "ONDOKI_API_KEY", "predictable"),
+        ({**PROD, "ONDOKI_API_KEY": "ab" * 40}, "ONDOKI_API_KEY", "secrets.token_urlsafe(32)"),
+    ],
+)
+def test_url_queries_and_weak_keys_are_refused(
+    environ: dict[str, str], variable: str, says: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    assert caught.value.variable == variable
+    assert says in str(caught.value)
+
+
+@pytest.mark.parametrize(
     "extra",
     [
         {"REDIS_URL": "redis://:pw@r/0"},
         {"REDIS_URL": "redis://user:pw@r/0"},
         {"REDIS_URL": "unix:///run/redis.sock?password=pw"},
+        {"REDIS_URL": "rediss://:pw@r/0?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem"},
         {"REDIS_URL": "redis://r/0", "ONDOKI_ALLOW_PASSWORDLESS_REDIS": "true"},
         {
             "REDIS_URL": "redis://:pw@r/0",
             "DATABASE_URL": "",
             "ONDOKI_ALLOW_EPHEMERAL_SESSIONS": "1",
         },
+        # A hex key (openssl rand -hex 32) is fine.
+        {"REDIS_URL": "redis://:pw@r/0", "ONDOKI_API_KEY": "9f" + "0123456789abcdef" * 4},
     ],
 )
 def test_production_accepts(extra: dict[str, str]) -> None:

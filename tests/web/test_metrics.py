@@ -36,6 +36,7 @@ def test_metrics_count_requests_notifications_and_jobs(api: Api) -> None:
     )
     assert metric(text, "ondoki_notifications_published_total") == 1
     assert metric(text, "ondoki_websockets_open") == 0
+    assert metric(text, "ondoki_uploads_in_progress") == 0
     assert metric(text, "ondoki_queue_depth", 'queue="media"') == 0
     assert metric(text, "ondoki_jobs", 'state="dead"') == 0
     # The process's own: the API's CPU and memory.

@@ -47,6 +47,8 @@ class RedisCache:
             self._owns_client = False
         self.client = client
         self.default_ttl = default_ttl
+        #: The longest one operation (retries and pool waits included) may take.
+        self.timeout = timeout
 
     def _px(self, ttl: float | None) -> int:
         return _ms(self.default_ttl if ttl is None else ttl)
@@ -54,7 +56,9 @@ class RedisCache:
     async def _run(
         self, what: str, operation: Callable[[], Awaitable[T]], *, idempotent: bool = True
     ) -> T:
-        return await call(operation, error=CacheError, what=what, idempotent=idempotent)
+        return await call(
+            operation, error=CacheError, what=what, idempotent=idempotent, deadline=self.timeout
+        )
 
     async def _command(self, what: str, *args: Any, idempotent: bool = True) -> Any:
         execute: Callable[..., Awaitable[Any]] = self.client.execute_command

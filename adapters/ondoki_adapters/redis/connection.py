@@ -12,8 +12,10 @@ import redis.asyncio as aioredis
 import redis.exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.retry import Retry as BlockingRetry
 
 from ondoki.errors import BackendError, ConfigError
+from ondoki.support.deadline import allowance
 from ondoki.support.redact import redact_url
 
 T = TypeVar("T")
@@ -50,6 +52,21 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
                 pause = min(pause * 2, 0.05)
 
 
+def client_options(*, timeout: float, client_name: str, blocking: bool = False) -> dict[str, Any]:
+    """The options of every Redis client ondoki makes, asyncio or blocking, pooled or the
+    pub/sub connection (which copies its pool's): one timeout for connecting and for each
+    reply, and no redis-py retries: it would replay non-idempotent commands such as INCRBY
+    after a lost reply. The adapters retry what is safe to repeat (see `call`). `blocking`
+    for redis-py's synchronous client (dramatiq's)."""
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "client_name": client_name,
+        "retry": (BlockingRetry if blocking else Retry)(NoBackoff(), 0),
+        "health_check_interval": 15,
+    }
+
+
 def connect(
     url: str,
     *,
@@ -63,17 +80,11 @@ def connect(
     Its pool waits for a free connection (up to `timeout`) when `max_connections` are in
     use, instead of failing: a burst of clients connecting at once must wait, not be
     refused (measured: 87 of 1,000 WebSockets closed with "Too many connections" otherwise).
-    redis-py's own retries are turned off: it would replay non-idempotent commands such as
-    INCRBY after a lost reply. The adapters retry what is safe to repeat (see `call`).
     """
     options: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "client_name": client_name,
+        **client_options(timeout=timeout, client_name=client_name),
         "max_connections": max_connections,
         "wait_timeout": timeout,
-        "retry": Retry(NoBackoff(), 0),
-        "health_check_interval": 15,
     }
     if db is not None:
         options["db"] = db
@@ -112,14 +123,38 @@ async def call(
     error: type[BackendError],
     what: str,
     idempotent: bool,
+    deadline: float,
     attempts: int = 3,
     backoff: float = 0.05,
 ) -> T:
     """Run one Redis operation, retrying transient failures when it is safe to repeat.
 
     Non-idempotent operations are tried once: a lost reply could otherwise apply them twice.
-    Any redis-py error ends as `error`, with a message that names `what` failed.
+    Waiting for a pooled connection, every attempt and the pauses between them share one
+    deadline: `deadline` seconds, or less when the request's budget
+    (`ondoki.support.deadline`) has less left. Any redis-py error, and the deadline, end as
+    `error`, with a message that names `what` failed.
     """
+    limit, budget = allowance(deadline)
+    started = anyio.current_time()
+    try:
+        with anyio.fail_after(limit):
+            return await _attempts(operation, error, what, idempotent, attempts, backoff)
+    except TimeoutError:
+        raise error(f"{what}: no answer from Redis within {limit:g} s") from None
+    finally:
+        if budget is not None:
+            budget.spend(anyio.current_time() - started)
+
+
+async def _attempts(
+    operation: Callable[[], Awaitable[T]],
+    error: type[BackendError],
+    what: str,
+    idempotent: bool,
+    attempts: int,
+    backoff: float,
+) -> T:
     tries = attempts if idempotent else 1
     for attempt in range(1, tries + 1):
         try:

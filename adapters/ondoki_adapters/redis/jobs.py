@@ -41,8 +41,6 @@ import msgspec
 import redis
 import redis.asyncio as aioredis
 import redis.exceptions as rex
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ondoki.domain import jobs
 from ondoki.domain.jobs import JobKinds
@@ -58,7 +56,13 @@ from ondoki.models import (
 )
 from ondoki.ports.jobs import JobNotify
 from ondoki.support.redact import redact_url
-from ondoki_adapters.redis.connection import call, connect, describe, milliseconds
+from ondoki_adapters.redis.connection import (
+    call,
+    client_options,
+    connect,
+    describe,
+    milliseconds,
+)
 from ondoki_adapters.redis.dramatiq_surface import (
     JobBroker,
     delay_queue_key,
@@ -201,12 +205,7 @@ def blocking_client(url: str, *, timeout: float = 10.0) -> redis.Redis:
     retries (a replayed EXEC or enqueue after a lost reply is ours to judge)."""
     try:
         return redis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=15,
-            client_name="ondoki-jobs",
+            url, **client_options(timeout=timeout, client_name="ondoki-jobs", blocking=True)
         )
     except ValueError as exc:
         raise ConfigError("CELERY_BROKER_URL", f"{exc} in {redact_url(url)}") from None
@@ -260,6 +259,7 @@ class DramatiqJobQueue:
             raise ValueError("record_ttl must be positive")
         self.client = client
         self.sync_client = sync_client
+        self.timeout = timeout
         self.kinds = kinds
         self.notify = notify
         self.queues = queues
@@ -274,7 +274,9 @@ class DramatiqJobQueue:
     async def _run(
         self, what: str, operation: Callable[[], Awaitable[T]], *, idempotent: bool = True
     ) -> T:
-        return await call(operation, error=JobQueueError, what=what, idempotent=idempotent)
+        return await call(
+            operation, error=JobQueueError, what=what, idempotent=idempotent, deadline=self.timeout
+        )
 
     async def _send(self, message: dramatiq.Message[Any], *, delay_ms: int | None = None) -> None:
         def send() -> None:

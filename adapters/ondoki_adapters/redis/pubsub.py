@@ -271,7 +271,9 @@ class RedisPubSub:
     ) -> T:
         if self._closed:
             raise PubSubError(f"{what}: pub/sub is closed")
-        return await call(operation, error=PubSubError, what=what, idempotent=idempotent)
+        return await call(
+            operation, error=PubSubError, what=what, idempotent=idempotent, deadline=self.timeout
+        )
 
     async def _read(
         self, channel: str, epoch: str | None, offset: int

@@ -14,10 +14,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ondoki import errors
 from ondoki.entrypoints.services import Services
 from ondoki_adapters.web import admin
+from ondoki_adapters.web.auth import has_api_key
 from ondoki_adapters.web.cors import cors_middleware
 from ondoki_adapters.web.direct import DirectFrames
 from ondoki_adapters.web.http import (
@@ -29,6 +31,7 @@ from ondoki_adapters.web.http import (
 from ondoki_adapters.web.metrics import MetricsEndpoint
 from ondoki_adapters.web.observe import HttpMetrics, RequestContext
 from ondoki_adapters.web.routes import routes
+from ondoki_adapters.web.throttle import ApiKeyGuard, seconds_header
 
 log = logging.getLogger("ondoki.web")
 
@@ -38,13 +41,16 @@ _STATUS: list[tuple[type[errors.OndokiError], int]] = [
     (errors.Unauthorized, 401),
     (errors.Forbidden, 403),
     (errors.NotFound, 404),
+    (errors.BodyTimeout, 408),
     (errors.JobStateError, 409),
     (errors.TooLarge, 413),
     (UnsupportedMediaType, 415),
     (errors.UnsupportedMedia, 415),
     (errors.InvalidInput, 422),
     (UpgradeRequired, 426),
+    (errors.TooManyRequests, 429),
     (errors.BackendError, 503),
+    (errors.InsufficientStorage, 507),
 ]
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
@@ -57,13 +63,27 @@ def status_for(exc: errors.OndokiError) -> int:
     return 500
 
 
+# What a 503 says to a caller without the API key: where Redis runs is not theirs to know.
+_UNAVAILABLE = "a backend did not answer; retry shortly (the server log has the details)"
+
+
 async def _ondoki_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.OndokiError)
     status = status_for(exc)
+    message = exc.message
+    headers: dict[str, str] = {}
     if status >= 500:
         log.warning("%s %s failed: %s", request.method, request.url.path, exc)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return error_response(status, exc.code, exc.message, headers)
+        if status == 503 and not has_api_key(request):
+            message = _UNAVAILABLE
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, errors.TooManyRequests):
+        headers["Retry-After"] = seconds_header(exc.retry_after)
+    if isinstance(exc, errors.BodyTimeout):
+        # The rest of the body may still come; the connection cannot be reused.
+        headers["Connection"] = "close"
+    return error_response(status, exc.code, message, headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -77,6 +97,32 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error; see the server log")
 
 
+class RefuseCleartextHttp2:
+    """Answers HTTP/2 requests that came without TLS (h2c, by prior knowledge or by
+    `Upgrade: h2c`) with 505, unless ONDOKI_ALLOW_H2C is set. Hypercorn speaks h2c on every
+    plain listener and has no setting to stop it; a proxy that passes `Upgrade: h2c` on
+    would otherwise hand its clients a connection its own rules no longer see."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope.get("http_version") == "2"
+            and scope.get("scheme") == "http"
+            and not scope.get("state", {}).get("allow_h2c", False)
+        ):
+            response = error_response(
+                505,
+                "http_version_not_supported",
+                "HTTP/2 without TLS is off on this server (ONDOKI_ALLOW_H2C): use HTTP/1.1",
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 ServicesFactory = Callable[[], AbstractAsyncContextManager[Services]]
 
 
@@ -84,10 +130,22 @@ def create_app(open_services: ServicesFactory, *, cors_origins: Sequence[str] = 
     """The ASGI app; the composition root's `open_services` runs in its lifespan. Web apps
     on `cors_origins` may call it from a browser (`*`: any origin)."""
 
+    registry = CollectorRegistry(auto_describe=True)
+    guard = ApiKeyGuard(registry)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with open_services() as services:
-            yield {"services": services}
+            settings = services.settings
+            guard.configure(
+                limit=settings.api_key_failure_limit,
+                window=settings.api_key_failure_window_seconds,
+            )
+            yield {
+                "services": services,
+                "api_key_guard": guard,
+                "allow_h2c": settings.allow_h2c,
+            }
 
     registry = CollectorRegistry(auto_describe=True)
     # CPU, memory, open files and start time of this process (process_*).
@@ -101,6 +159,7 @@ def create_app(open_services: ServicesFactory, *, cors_origins: Sequence[str] = 
             Middleware(DirectFrames),
             *cors_middleware(cors_origins),
             Middleware(RequestContext, metrics=HttpMetrics(registry)),
+            Middleware(RefuseCleartextHttp2),
         ],
         lifespan=lifespan,
         exception_handlers={

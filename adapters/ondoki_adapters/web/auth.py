@@ -7,8 +7,9 @@ import hmac
 from starlette.requests import HTTPConnection
 
 from ondoki.entrypoints.services import Services
-from ondoki.errors import Unauthorized
+from ondoki.errors import TooManyRequests, Unauthorized
 from ondoki.models import Session
+from ondoki_adapters.web.throttle import ApiKeyGuard
 
 
 def services(conn: HTTPConnection) -> Services:
@@ -28,11 +29,38 @@ def bearer(conn: HTTPConnection) -> str:
     return token
 
 
+def has_api_key(conn: HTTPConnection) -> bool:
+    """Whether the request carries the service API key (no error, nothing counted): for
+    responses that show operators more than they show anyone else."""
+    header = conn.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), services(conn).api_key.encode()
+    )
+
+
+def api_key_guard(conn: HTTPConnection) -> ApiKeyGuard:
+    found: ApiKeyGuard = conn.state.api_key_guard
+    return found
+
+
 def require_api_key(conn: HTTPConnection) -> None:
-    """Pass only requests carrying the service API key."""
-    token = bearer(conn)
-    if not hmac.compare_digest(token.encode(), services(conn).api_key.encode()):
-        raise Unauthorized("wrong API key")
+    """Pass only requests carrying the service API key; an address that failed too often
+    lately is refused (429) whatever it sends."""
+    guard = api_key_guard(conn)
+    address = conn.client.host if conn.client is not None else "unknown"
+    wait = guard.retry_after(address)
+    if wait is not None:
+        raise TooManyRequests(
+            "too many failed API-key attempts from this address; retry later", retry_after=wait
+        )
+    try:
+        token = bearer(conn)
+        if not hmac.compare_digest(token.encode(), services(conn).api_key.encode()):
+            raise Unauthorized("wrong API key")
+    except Unauthorized:
+        guard.failed(address)
+        raise
 
 
 async def require_session(conn: HTTPConnection) -> tuple[str, Session, float]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Iterator
 
 import anyio
@@ -26,7 +28,9 @@ class ServiceCollector(Collector):
 
     def __init__(self) -> None:
         self.services: Services | None = None
+        #: The latest job figures read from the queue, and when (`time.monotonic`).
         self.jobs: JobStats | None = None
+        self.jobs_read_at: float | None = None
 
     def collect(self) -> Iterator[Metric]:
         found = self.services
@@ -53,6 +57,11 @@ class ServiceCollector(Collector):
             "ondoki_ws_slow_client_closes", "Clients closed with 4008 (too slow)", hub.slow_closes
         )
         yield _counter("ondoki_ws_resyncs", "Resync frames sent (history gaps)", hub.resyncs)
+        yield _gauge(
+            "ondoki_uploads_in_progress",
+            "Uploads being received by this instance (see ONDOKI_MAX_CONCURRENT_UPLOADS)",
+            found.imports.gate.in_progress,
+        )
         pubsub = found.pubsub.stats
         yield _counter(
             "ondoki_pubsub_reconnects",
@@ -69,7 +78,13 @@ class ServiceCollector(Collector):
             "Gaps history could not cover in such a repair",
             pubsub.unrepaired_gaps,
         )
-        if self.jobs is not None:
+        if self.jobs is not None and self.jobs_read_at is not None:
+            yield _gauge(
+                "ondoki_job_stats_age_seconds",
+                "Age of the job figures below (read from the queue at most every "
+                "ONDOKI_METRICS_REFRESH_SECONDS, never by more than one scrape at a time)",
+                time.monotonic() - self.jobs_read_at,
+            )
             states = GaugeMetricFamily("ondoki_jobs", "Jobs per state", labels=["state"])
             for state, count in sorted(self.jobs.states.items()):
                 states.add_metric([state], count)
@@ -97,27 +112,40 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
 
 
 class MetricsEndpoint:
-    """The route handler, holding the app's registry."""
+    """The route handler, holding the app's registry.
+
+    Job figures come from the queue's backend, which can hang: they are a snapshot, read
+    again by one scrape when it is older than ONDOKI_METRICS_REFRESH_SECONDS, while every
+    other scrape answers at once with the snapshot it has (no scrape waits for another).
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.collector = ServiceCollector()
         registry.register(self.collector)
-        # The collector holds one scrape's job stats: scrapes take turns, or two could mix.
-        self._scraping: anyio.Lock | None = None
+        self._refreshing = False
+        self._tried_at = -math.inf
 
     async def handle(self, request: Request) -> Response:
         found = services(request)
-        if self._scraping is None:
-            self._scraping = anyio.Lock()
-        async with self._scraping:
-            self.collector.services = found
-            try:
-                with anyio.fail_after(STATS_TIMEOUT):
-                    self.collector.jobs = await found.jobs.stats()
-            except (OndokiError, TimeoutError) as exc:
-                # The rest of the metrics still say something useful while the broker is down.
-                log.warning("job metrics unavailable: %s", exc)
-                self.collector.jobs = None
-            body = await anyio.to_thread.run_sync(generate_latest, self.registry)
+        self.collector.services = found
+        due = time.monotonic() - self._tried_at >= found.settings.metrics_refresh_seconds
+        if due and not self._refreshing:
+            await self._refresh(found)
+        body = await anyio.to_thread.run_sync(generate_latest, self.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def _refresh(self, found: Services) -> None:
+        self._refreshing = True
+        try:
+            with anyio.fail_after(STATS_TIMEOUT):
+                self.collector.jobs = await found.jobs.stats()
+            self.collector.jobs_read_at = time.monotonic()
+        except (OndokiError, TimeoutError) as exc:
+            # The rest of the metrics still say something useful while the broker is down;
+            # the job figures go, rather than stand for a state that may have changed.
+            log.warning("job metrics unavailable: %s", exc)
+            self.collector.jobs = None
+        finally:
+            self._tried_at = time.monotonic()
+            self._refreshing = False

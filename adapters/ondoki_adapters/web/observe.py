@@ -10,6 +10,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ondoki.support.deadline import budget
 from ondoki.support.logs import request_id
 
 log = logging.getLogger("ondoki.access")
@@ -46,7 +47,8 @@ def _route(scope: Scope) -> str:
 
 
 class RequestContext:
-    """Gives every request an ID (X-Request-ID, or a new one), logs it once, counts it."""
+    """Gives every request an ID (X-Request-ID, or a new one), logs it once, counts it, and
+    gives each HTTP request one budget for its backend calls (`ondoki.support.deadline`)."""
 
     def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
         self.app = app
@@ -74,7 +76,13 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if scope["type"] == "http":
+                # One Redis budget per request: a hung Redis costs it one timeout, not one
+                # per call and retry.
+                with budget():
+                    await self.app(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             method = scope.get("method", "") if scope["type"] == "http" else "WS"

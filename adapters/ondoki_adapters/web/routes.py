@@ -20,7 +20,7 @@ from ondoki.domain.sessions import session_id
 from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge
 from ondoki.models import JobRecord, JobState
 from ondoki_adapters.web import wire
-from ondoki_adapters.web.auth import require_api_key, require_session, services
+from ondoki_adapters.web.auth import has_api_key, require_api_key, require_session, services
 from ondoki_adapters.web.guide_page import render_page
 from ondoki_adapters.web.http import (
     UnsupportedMediaType,
@@ -64,6 +64,9 @@ async def readyz(request: Request) -> Response:
     async with anyio.create_task_group() as tasks:
         for name, part in services(request).parts.items():
             tasks.start_soon(check, name, part.ping)
+    if not has_api_key(request):
+        # Error texts name hosts and ports: only operators (the API key) see them.
+        parts = {name: wire.PartStatus(part.ok) for name, part in parts.items()}
     ready = all(part.ok for part in parts.values())
     body = wire.Readiness("ready" if ready else "unavailable", dict(sorted(parts.items())))
     return json_response(body, 200 if ready else 503)
@@ -174,7 +177,11 @@ async def create_import(request: Request) -> Response:
     job_id = await found.imports.known(session.user_id, key)
     if job_id is None:
         job_id = await found.imports.upload(
-            session.user_id, body, idempotency_key=key, details=details
+            session.user_id,
+            body,
+            idempotency_key=key,
+            declared_bytes=int(declared) if declared is not None and declared.isdigit() else None,
+            details=details,
         )
     return json_response(wire.ImportAccepted(job_id), 202, {"Location": f"/jobs/{job_id}"})
 

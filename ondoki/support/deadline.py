@@ -1,0 +1,48 @@
+"""One time budget for every backend call a request makes, however many it makes.
+
+The web adapter opens a budget per HTTP request (`budget()`); a backend adapter asks
+`allowance(timeout)` before each operation (its retries and pool waits included) and
+reports what it used with `spend`. Outside a request the adapter's own timeout applies to
+each operation alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+
+class Budget:
+    """Seconds left for backend calls; set by the first call (its adapter's timeout)."""
+
+    def __init__(self) -> None:
+        self.left: float | None = None
+
+    def spend(self, seconds: float) -> None:
+        if self.left is not None:
+            self.left = max(0.0, self.left - seconds)
+
+
+_current: ContextVar[Budget | None] = ContextVar("ondoki_backend_budget", default=None)
+
+
+@contextmanager
+def budget() -> Iterator[Budget]:
+    """A fresh budget for the calls made inside (and in tasks started inside)."""
+    token = _current.set(Budget())
+    try:
+        yield _current.get() or Budget()
+    finally:
+        _current.reset(token)
+
+
+def allowance(timeout: float) -> tuple[float, Budget | None]:
+    """How long the next backend operation may take: `timeout`, or what is left of the
+    surrounding budget (which starts at the first operation's `timeout`)."""
+    current = _current.get()
+    if current is None:
+        return timeout, None
+    if current.left is None:
+        current.left = timeout
+    return min(timeout, current.left), current

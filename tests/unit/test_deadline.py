@@ -1,0 +1,70 @@
+"""One deadline for a Redis operation's retries and pool waits, one budget per request,
+and one set of options for every Redis client (the pub/sub one included)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+import redis.exceptions as rex
+
+from ondoki.entrypoints.bootstrap import build_cache, build_jobs, build_kinds, build_pubsub
+from ondoki.errors import CacheError
+from ondoki.support.deadline import budget
+from ondoki.support.settings import Settings
+from ondoki_adapters.redis.cache import RedisCache
+from ondoki_adapters.redis.connection import call
+from ondoki_adapters.redis.jobs import DramatiqJobQueue
+from ondoki_adapters.redis.pubsub import RedisPubSub
+
+pytestmark = pytest.mark.anyio
+
+
+async def hang() -> None:
+    await anyio.sleep(60)
+
+
+async def time_out() -> None:
+    await anyio.sleep(0.2)
+    raise rex.TimeoutError("Timeout reading from socket")
+
+
+async def test_retries_share_one_deadline() -> None:
+    started = anyio.current_time()
+    with pytest.raises(CacheError, match=r"within 0\.5 s"):
+        # Three attempts of 0.2 s each and their pauses would pass 0.5 s.
+        await call(time_out, error=CacheError, what="get", idempotent=True, deadline=0.5)
+    assert anyio.current_time() - started < 1.5
+
+
+async def test_calls_in_one_budget_share_its_time() -> None:
+    with budget():
+        with pytest.raises(CacheError):
+            await call(hang, error=CacheError, what="get", idempotent=True, deadline=0.3)
+        started = anyio.current_time()
+        with pytest.raises(CacheError, match="within 0 s"):
+            await call(hang, error=CacheError, what="set", idempotent=True, deadline=0.3)
+        assert anyio.current_time() - started < 0.2
+    # Outside the budget, each operation has its own deadline again.
+    with pytest.raises(CacheError, match=r"within 0\.3 s"):
+        await call(hang, error=CacheError, what="get", idempotent=True, deadline=0.3)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # redis-py has no trio support
+async def test_every_redis_client_gets_the_timeout_setting() -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", redis_timeout_seconds=1.5)
+    cache = build_cache(settings)
+    pubsub = build_pubsub(settings)
+    jobs = build_jobs(settings, build_kinds(settings), notify=None)  # type: ignore[arg-type]
+    try:
+        assert isinstance(cache, RedisCache)
+        assert isinstance(pubsub, RedisPubSub)
+        assert isinstance(jobs, DramatiqJobQueue)
+        for client in (cache.client, pubsub.client, jobs.client):
+            options = client.connection_pool.connection_kwargs
+            assert options["socket_timeout"] == options["socket_connect_timeout"] == 1.5
+        assert jobs.sync_client.connection_pool.connection_kwargs["socket_timeout"] == 1.5
+        assert pubsub.timeout == cache.timeout == jobs.timeout == 1.5
+    finally:
+        await cache.aclose()
+        await pubsub.aclose()
+        await jobs.aclose()
