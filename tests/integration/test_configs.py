@@ -3,6 +3,7 @@ docs/operations.md says. (Docker cannot run here, so the Compose files are check
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from ondoki.errors import ConfigError
 from ondoki_adapters.prometheus.jobs import JobMetrics, serve_metrics
 from tests.e2e.process import ServeProcess, clean_env
 from tests.redis_server import RedisServer, free_port
@@ -95,6 +97,11 @@ def test_env_example_has_the_seed_connection_strings() -> None:
     from ondoki.support.settings import load_settings
 
     environ = {k: v for k, v in lines.items() if not k.endswith("_PASSWORD")}
+    # The placeholder key is refused (a forgotten one must not run); a made one is accepted.
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ)
+    assert refused.value.variable == "ONDOKI_API_KEY"
+    environ["ONDOKI_API_KEY"] = secrets.token_urlsafe(32)
     assert load_settings(environ).database_url == lines["DATABASE_URL"]
 
 

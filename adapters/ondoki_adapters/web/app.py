@@ -131,6 +131,8 @@ def create_app(open_services: ServicesFactory, *, cors_origins: Sequence[str] = 
     on `cors_origins` may call it from a browser (`*`: any origin)."""
 
     registry = CollectorRegistry(auto_describe=True)
+    # CPU, memory, open files and start time of this process (process_*).
+    ProcessCollector(registry=registry)
     guard = ApiKeyGuard(registry)
 
     @asynccontextmanager
@@ -147,9 +149,6 @@ def create_app(open_services: ServicesFactory, *, cors_origins: Sequence[str] = 
                 "allow_h2c": settings.allow_h2c,
             }
 
-    registry = CollectorRegistry(auto_describe=True)
-    # CPU, memory, open files and start time of this process (process_*).
-    ProcessCollector(registry=registry)
     metrics = MetricsEndpoint(registry)
     return Starlette(
         routes=[*routes, *admin.routes, Route("/metrics", metrics.handle, methods=["GET"])],
