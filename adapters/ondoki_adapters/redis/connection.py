@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry as BlockingRetry
 
 from ondoki.errors import BackendError, ConfigError
@@ -64,6 +65,10 @@ def client_options(*, timeout: float, client_name: str, blocking: bool = False) 
         "client_name": client_name,
         "retry": (BlockingRetry if blocking else Retry)(NoBackoff(), 0),
         "health_check_interval": 15,
+        # Off: redis-py 8 takes its default ("auto") as on, and then skips the pool's check
+        # for a connection the server closed while it sat idle, so the first command after a
+        # Redis restart failed (fatal for a publish, which cannot be retried).
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
 
 
