@@ -31,9 +31,12 @@ _ERRORS = {
     409: "the job's state does not allow it",
     413: "over a size limit",
     415: "not a content type this operation reads, or not a decodable video",
+    408: "the request body stalled (ONDOKI_BODY_IDLE_TIMEOUT_SECONDS)",
     422: "a value that does not fit (the message names the field)",
+    429: "too many requests: wait `Retry-After` seconds (a limit, or too many wrong API keys)",
     426: "not a WebSocket upgrade",
     503: "a backend (Redis) is unreachable",
+    507: "not enough free disk space for the upload",
 }
 _ANY_JSON: dict[str, Any] = {"description": "any JSON document"}
 
@@ -154,7 +157,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("post", "/imports", "Upload a video to turn into a guide", "session",
               ok=202, response=wire.ImportAccepted, body="binary",
               body_media=("video/*", "application/octet-stream", "multipart/form-data"),
-              params=(_IDEMPOTENCY, _TITLE, _DISPOSITION), errors=(400, 413, 415, 422),
+              params=(_IDEMPOTENCY, _TITLE, _DISPOSITION),
+              errors=(400, 408, 413, 415, 422, 429, 507),
               description="The body is the video itself, or a form (what a browser sends) "
               "with the `video` file, an optional `captions` file (.srt or .vtt) and an "
               "optional `title`; either way it is streamed to disk. The guide's title is the "
@@ -231,6 +235,10 @@ def _operation(op: Operation, schemas: dict[Any, dict[str, Any]]) -> dict[str, A
     statuses = set(op.errors)
     if op.auth in ("api_key", "session"):
         statuses.add(401)
+    if op.auth == "api_key":
+        statuses.add(429)  # wrong API keys from one address are throttled
+    if op.body is not None:
+        statuses.add(408)
     if op.auth != "none":
         statuses.add(503)
     if op.path == "/readyz":
