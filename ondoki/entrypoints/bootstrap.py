@@ -17,14 +17,14 @@ import sniffio
 from ondoki.domain.imports import Imports, public
 from ondoki.domain.jobs import JobKinds, register_demo_kinds
 from ondoki.domain.namespaces import NamespacedCache
-from ondoki.domain.notifications import NotificationHub, job_notifier
+from ondoki.domain.notifications import NotificationHub, Publisher, job_notifier
 from ondoki.domain.sessions import Sessions
 from ondoki.domain.state import TemporaryState
 from ondoki.entrypoints.services import Services
 from ondoki.errors import ConfigError, OndokiError
 from ondoki.ports.cache import Cache
 from ondoki.ports.jobs import JobNotify, JobQueue
-from ondoki.ports.pubsub import PubSub
+from ondoki.ports.pubsub import Publishes, PubSub
 from ondoki.support.redact import redact_url
 from ondoki.support.settings import Settings, with_db
 
@@ -149,6 +149,16 @@ async def warn_if_queue_can_be_evicted(settings: Settings) -> None:
         log.warning("JOBS MAY BE LOST: %s (run `ondoki doctor`)", warning)
 
 
+def publisher_for(settings: Settings, pubsub: Publishes) -> Publisher:
+    """The service's publisher, with the event and batch limits from the settings."""
+    return Publisher(
+        pubsub,
+        max_event_bytes=settings.notification_max_bytes,
+        max_batch_events=settings.notification_batch_max_events,
+        max_batch_bytes=settings.notification_batch_max_bytes,
+    )
+
+
 def hub_for(settings: Settings, pubsub: PubSub) -> NotificationHub:
     return NotificationHub(
         pubsub,
@@ -156,6 +166,7 @@ def hub_for(settings: Settings, pubsub: PubSub) -> NotificationHub:
         max_event_bytes=settings.notification_max_bytes,
         ping_interval=settings.ws_ping_interval_seconds,
         ping_timeout=settings.ws_ping_timeout_seconds,
+        publisher=publisher_for(settings, pubsub),
     )
 
 
@@ -254,17 +265,26 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
     unknown = set(queues) - {kind.queue for kind in kinds}
     if unknown:
         raise ConfigError("--queues", f"no job kind uses {', '.join(sorted(unknown))}")
-    async with AsyncExitStack() as stack, anyio.create_task_group() as tasks:
-        pubsub = build_pubsub(settings)
-        stack.push_async_callback(pubsub.aclose)
-        await tasks.start(pubsub.run)
+    from ondoki_adapters.redis.publisher import RedisPublisher
+
+    # Only publishing: the publisher library, no hub and no pub/sub connection.
+    async with RedisPublisher(
+        settings.redis_url,
+        namespace=settings.namespace,
+        history_size=settings.history_size,
+        history_ttl=settings.history_ttl_seconds,
+        timeout=settings.redis_timeout_seconds,
+        max_event_bytes=settings.notification_max_bytes,
+        max_batch_events=settings.notification_batch_max_events,
+        max_batch_bytes=settings.notification_batch_max_bytes,
+    ) as publisher:
         await warn_if_queue_can_be_evicted(settings)
         log.info("worker consuming %s on %s", ",".join(queues), redact_url(settings.broker))
         await run_dramatiq_worker(
             settings.broker,
             kinds=kinds,
             queues=queues,
-            notify=job_notifier(hub_for(settings, pubsub), public),
+            notify=job_notifier(publisher, public),
             namespace=settings.namespace,
             threads=1,
             record_ttl=settings.job_record_ttl_seconds,
@@ -278,4 +298,3 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
                 redis_timeout=settings.redis_timeout_seconds,
             ),
         )
-        tasks.cancel_scope.cancel()

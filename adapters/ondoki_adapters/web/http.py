@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -40,17 +40,19 @@ def error_response(
     return json_response({"error": {"code": code, "message": message}}, status_code, headers)
 
 
-async def read_body(request: Request, *, limit: int) -> bytes:
-    """The whole body, refused with `TooLarge` as soon as it passes `limit` bytes."""
+async def read_body(request: Request, *, limit: int, setting: str | None = None) -> bytes:
+    """The whole body, refused with `TooLarge` as soon as it passes `limit` bytes (the
+    message names `setting`, the variable that sets the limit, when given)."""
+    where = "" if setting is None else f" ({setting})"
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"request body is {declared} bytes; the limit is {limit}")
+        raise TooLarge(f"request body is {declared} bytes; the limit is {limit}{where}")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise TooLarge(f"request body is over the limit of {limit} bytes")
+            raise TooLarge(f"request body is over the limit of {limit} bytes{where}")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -68,12 +70,25 @@ def require_json(request: Request) -> None:
 async def read_json(request: Request, into: type[T], *, limit: int) -> T:
     """The body decoded into `into`: 413 over `limit`, 415 if not JSON, 400 if malformed,
     422 if it does not fit the schema (the message names the field)."""
+    body = await read_json_body(request, limit=limit)
+    return decode_json(lambda raw: msgspec.json.decode(raw, type=into), body)
+
+
+async def read_json_body(request: Request, *, limit: int, setting: str | None = None) -> bytes:
+    """The raw body of a JSON request, not empty: 413 over `limit`, 415 if not JSON, 400 if
+    empty. Decode it with `decode_json`."""
     require_json(request)
-    body = await read_body(request, limit=limit)
+    body = await read_body(request, limit=limit, setting=setting)
     if not body.strip():
-        raise MalformedBody("request body is empty; expected a JSON object")
+        raise MalformedBody("request body is empty; expected JSON")
+    return body
+
+
+def decode_json(decode: Callable[[bytes], T], body: bytes) -> T:
+    """`decode(body)`: 400 if malformed, 422 if it does not fit the schema (the message
+    names the field, e.g. `$[3].user_id` for an item of a list)."""
     try:
-        return msgspec.json.decode(body, type=into)
+        return decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:

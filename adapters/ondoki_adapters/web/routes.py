@@ -12,16 +12,19 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from ondoki.domain.imports import public
+from ondoki.domain.notifications import UserEvent
 from ondoki.domain.sessions import session_id
 from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge
-from ondoki.models import JobRecord
+from ondoki.models import JobRecord, Position
 from ondoki_adapters.web.auth import require_api_key, require_session, services
 from ondoki_adapters.web.http import (
     UnsupportedMediaType,
     check_json,
+    decode_json,
     json_response,
     read_body,
     read_json,
+    read_json_body,
     require_json,
 )
 from ondoki_adapters.web.ws import websocket_endpoint
@@ -40,10 +43,17 @@ class CreateSession(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PublishNotification(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: str
+    """One event for `user_id`, or a broadcast of one event to `user_ids`."""
+
     type: str
+    user_id: str | None = None
+    user_ids: list[str] | None = None
     data: Any = None
     id: str | None = None
+
+
+_decode_one = msgspec.json.Decoder(PublishNotification).decode
+_decode_batch = msgspec.json.Decoder(list[UserEvent]).decode
 
 
 async def healthz(request: Request) -> Response:
@@ -99,11 +109,34 @@ async def my_session(request: Request) -> Response:
 
 
 async def publish_notification(request: Request) -> Response:
+    """One event (`{"user_id", ...}`), a broadcast (`{"user_ids": [...], ...}`) or a batch
+    (a JSON list of events); see docs/publishing.md. A batch or broadcast is checked whole
+    before anything is published: a bad item is a 4xx naming its index."""
     require_api_key(request)
     found = services(request)
-    body = await read_json(request, PublishNotification, limit=found.settings.max_json_body_bytes)
-    position = await found.notifications.publish(body.user_id, body.type, body.data, id=body.id)
-    return json_response({"epoch": position.epoch, "offset": position.offset}, 202)
+    publisher = found.notifications.publisher
+    body = await read_json_body(
+        request,
+        limit=found.settings.notification_batch_max_bytes,
+        setting="ONDOKI_NOTIFICATION_BATCH_MAX_BYTES",
+    )
+    if body.lstrip()[:1] == b"[":
+        events = decode_json(_decode_batch, body)
+        positions = await publisher.publish_many(events)
+        return json_response({"positions": [_position(p) for p in positions]}, 202)
+    one = decode_json(_decode_one, body)
+    if (one.user_id is None) == (one.user_ids is None):
+        raise InvalidInput("give either user_id (one user) or user_ids (a broadcast)")
+    if one.user_ids is not None:
+        positions = await publisher.broadcast(one.user_ids, one.type, one.data, id=one.id)
+        return json_response({"positions": [_position(p) for p in positions]}, 202)
+    assert one.user_id is not None
+    position = await publisher.publish(one.user_id, one.type, one.data, id=one.id)
+    return json_response(_position(position), 202)
+
+
+def _position(position: Position) -> dict[str, Any]:
+    return {"epoch": position.epoch, "offset": position.offset}
 
 
 async def _owned_job(request: Request) -> JobRecord:
