@@ -7,14 +7,14 @@ import pytest
 
 from ondoki.domain.notifications import Event, Publisher, UserEvent
 from ondoki.errors import InvalidInput, TooLarge
-from ondoki.models import Message, Position
+from ondoki.models import Delivery, Message, Position
 from tests.contract.conftest import InspectablePubSub
 from tests.waits import take
 
 pytestmark = pytest.mark.anyio
 
 
-def events_of(deliveries: list[object]) -> list[Event]:
+def events_of(deliveries: list[Delivery]) -> list[Event]:
     assert all(isinstance(d, Message) for d in deliveries), deliveries
     return [
         msgspec.json.decode(d.payload, type=Event) for d in deliveries if isinstance(d, Message)

@@ -10,17 +10,18 @@ from ondoki.support.settings import Settings
 from tests.redis_server import RedisServer
 from tests.web.conftest import Api
 
-LIMITS = {"notification_batch_max_events": 5, "notification_batch_max_bytes": 2048}
-
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def settings(request: pytest.FixtureRequest) -> Settings:
     """As tests/web/conftest.py's, with small batch limits."""
-    if request.param == "memory":
-        return Settings(**LIMITS)
-    server: RedisServer = request.getfixturevalue("redis_server")
-    server.flushall()
-    return Settings(redis_url=server.url(0), **LIMITS)
+    redis_url = None
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flushall()
+        redis_url = server.url(0)
+    return Settings(
+        redis_url=redis_url, notification_batch_max_events=5, notification_batch_max_bytes=2048
+    )
 
 
 def post(api: Api, body: Any) -> tuple[int, Any]:

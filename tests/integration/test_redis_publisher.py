@@ -1,0 +1,116 @@
+"""The publisher library (`RedisPublisher`, `SyncRedisPublisher`) against a real Redis,
+with `RedisPubSub` subscribers standing in for a running service."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import anyio
+import msgspec
+import pytest
+
+from ondoki.domain.notifications import Event, UserEvent
+from ondoki.errors import InvalidInput, PubSubError
+from ondoki.models import Delivery, Message, Position
+from ondoki_adapters.redis.publisher import RedisPublisher, SyncRedisPublisher
+from ondoki_adapters.redis.pubsub import RedisPubSub
+from tests.redis_server import RedisServer
+from tests.waits import take
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+
+@pytest.fixture
+async def service(redis_server: RedisServer) -> AsyncIterator[RedisPubSub]:
+    """What an `ondoki serve` instance subscribes with, on a clean server."""
+    redis_server.flushall()
+    pubsub = RedisPubSub(redis_server.url(0), timeout=2.0)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(pubsub.run)
+        yield pubsub
+        tasks.cancel_scope.cancel()
+    await pubsub.aclose()
+
+
+def script_calls(server: RedisServer) -> int:
+    """How many times scripts ran on the server (EVALSHA and EVAL) since it started."""
+    with server.client() as client:
+        stats = client.info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval")
+    )
+
+
+def messages(deliveries: list[Delivery]) -> list[Message]:
+    assert all(isinstance(d, Message) for d in deliveries), deliveries
+    return [d for d in deliveries if isinstance(d, Message)]
+
+
+def event(message: Message) -> Event:
+    return msgspec.json.decode(message.payload, type=Event)
+
+
+async def test_async_publisher_positions_are_the_services(
+    service: RedisPubSub, redis_server: RedisServer
+) -> None:
+    async with RedisPublisher(redis_server.url(0)) as publisher:
+        start = await service.position("alice")
+        async with service.subscribe("alice") as alice:
+            first = await publisher.publish("alice", "job.progress", {"p": 0.5})
+            batch = await publisher.publish_many(
+                [UserEvent("alice", "a", 1), UserEvent("bob", "b"), UserEvent("alice", "a", 2)]
+            )
+            [message] = messages(await take(alice, 1))
+            assert message.position == first == Position(start.epoch, 1)
+            assert event(message) == Event("job.progress", {"p": 0.5})
+            assert [m.position for m in messages(await take(alice, 2))] == [batch[0], batch[2]]
+        # Resume from what the library answered replays the rest.
+        async with service.subscribe("alice", since=first) as resumed:
+            assert [event(m).data for m in messages(await take(resumed, 2))] == [1, 2]
+        assert await publisher.publish("alice", "done", id="k") == await publisher.publish(
+            "alice", "done", id="k"
+        )
+
+
+async def test_a_batch_and_a_broadcast_are_one_script_call_each(
+    service: RedisPubSub, redis_server: RedisServer
+) -> None:
+    async with RedisPublisher(redis_server.url(0)) as publisher:
+        await publisher.publish("warm-up", "t")  # loads the script
+        before = script_calls(redis_server)
+        await publisher.publish_many([UserEvent(f"u{n}", "t", n) for n in range(200)])
+        await publisher.broadcast([f"u{n}" for n in range(200)], "announce", "x" * 1000)
+        assert script_calls(redis_server) == before + 2
+        assert (await service.position("u199")).offset == 2
+
+
+async def test_sync_publisher_shares_positions_and_idempotency(
+    service: RedisPubSub, redis_server: RedisServer
+) -> None:
+    with SyncRedisPublisher(redis_server.url(0)) as publisher:
+        async with service.subscribe("carol") as carol:
+            position = await anyio.to_thread.run_sync(
+                lambda: publisher.publish("carol", "hello", {"n": 1}, id="hello-1")
+            )
+            [message] = messages(await take(carol, 1))
+            assert message.position == position
+            assert event(message) == Event("hello", {"n": 1})
+        assert publisher.publish("carol", "hello", {"n": 1}, id="hello-1") == position
+        got = publisher.broadcast(["carol", "dave"], "announce", id="ann")
+        assert [p.offset for p in got] == [2, 1]
+        assert publisher.broadcast(["carol", "dave"], "announce", id="ann") == got
+        with pytest.raises(InvalidInput, match=re.escape("events[1]: user_id")):
+            publisher.publish_many([UserEvent("dave", "t"), UserEvent("no such user!", "t")])
+        assert (await service.position("dave")).offset == 1
+
+
+async def test_an_unreachable_redis_is_a_pubsub_error() -> None:
+    async with RedisPublisher("redis://127.0.0.1:1/0", timeout=0.5) as publisher:
+        with pytest.raises(PubSubError, match="pubsub publish 'alice'"):
+            await publisher.publish("alice", "t")
+    with (
+        SyncRedisPublisher("redis://127.0.0.1:1/0", timeout=0.5) as sync,
+        pytest.raises(PubSubError, match=r"pubsub publish \(2 messages\)"),
+    ):
+        sync.broadcast(["a", "b"], "t", id="x")
