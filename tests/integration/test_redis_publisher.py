@@ -13,7 +13,8 @@ import pytest
 from ondoki.domain.notifications import Event, UserEvent
 from ondoki.errors import InvalidInput, PubSubError
 from ondoki.models import Delivery, Message, Position
-from ondoki_adapters.redis.publisher import RedisPublisher, SyncRedisPublisher
+from ondoki_adapters.redis.connection import connect
+from ondoki_adapters.redis.publisher import RedisChannels, RedisPublisher, SyncRedisPublisher
 from ondoki_adapters.redis.pubsub import RedisPubSub
 from tests.redis_server import RedisServer
 from tests.waits import take
@@ -114,3 +115,54 @@ async def test_an_unreachable_redis_is_a_pubsub_error() -> None:
         pytest.raises(PubSubError, match=r"pubsub publish \(2 messages\)"),
     ):
         sync.broadcast(["a", "b"], "t", id="x")
+
+
+async def test_concurrent_single_publishes_share_calls_when_every_slot_is_busy(
+    service: RedisPubSub, redis_server: RedisServer
+) -> None:
+    client = connect(redis_server.url(0))
+    channels = RedisChannels(client, max_in_flight=1)
+    got: dict[int, Position] = {}
+
+    async def one(n: int) -> None:
+        got[n] = await channels.publish(
+            f"g{n % 5}", b"%d" % n, idempotency_key=f"k{n}" if n % 2 else None
+        )
+
+    try:
+        async with service.subscribe("g0") as g0:
+            async with anyio.create_task_group() as tasks:
+                for n in range(100):
+                    tasks.start_soon(one, n)
+            assert channels.script_calls < 100 and channels.gathered > 0
+            # Every publish stored once, with its own position: 20 per channel, 1 to 20.
+            for channel in range(5):
+                offsets = sorted(got[n].offset for n in range(channel, 100, 5))
+                assert offsets == list(range(1, 21))
+            delivered = messages(await take(g0, 20))
+            assert {m.position for m in delivered} == {got[n] for n in range(0, 100, 5)}
+            assert [m.position.offset for m in delivered] == list(range(1, 21))
+        # Retrying the keyed ones stores nothing new.
+        assert await channels.publish("g1", b"1", idempotency_key="k1") == got[1]
+    finally:
+        await client.aclose()
+
+
+async def test_gathered_publishes_all_get_the_error() -> None:
+    client = connect("redis://127.0.0.1:1/0", timeout=0.5)
+    channels = RedisChannels(client, max_in_flight=1)
+    errors: list[str] = []
+
+    async def one(n: int) -> None:
+        try:
+            await channels.publish("alice", b"x")
+        except PubSubError as exc:
+            errors.append(str(exc))
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            for n in range(10):
+                tasks.start_soon(one, n)
+    finally:
+        await client.aclose()
+    assert len(errors) == 10 and all("cannot reach Redis" in e for e in errors), errors

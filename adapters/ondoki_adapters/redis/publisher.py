@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
 import redis
 import redis.asyncio as aioredis
 import redis.exceptions as rex
@@ -146,11 +147,35 @@ def _what(publications: Sequence[Publication]) -> str:
     return f"pubsub publish ({len(publications)} messages)"
 
 
+class _Gathered:
+    """Single publishes that wait together for a free call slot, then go in one call."""
+
+    def __init__(self, first: Publication) -> None:
+        self.publications = [first]
+        self.done = anyio.Event()
+        self.positions: list[Position] = []
+        self.error: str | None = None
+
+    def result(self, index: int) -> Position:
+        if self.error is not None:
+            raise PubSubError(self.error)
+        return self.positions[index]
+
+
 class RedisChannels:
     """The `Publishes` port on an asyncio Redis client: `publish` and `publish_many`.
 
     Publishing without idempotency keys is never retried (a lost reply could mean it was
     stored); when every item has one, transient failures are retried.
+
+    At most `max_in_flight` script calls run at once. A single `publish` made while all of
+    them are busy waits with the others made meanwhile (up to `gather` of them, kept apart
+    by whether they have an idempotency key, so retries stay as safe) and they go together
+    in the next free call: under load, many concurrent single publishes (one per HTTP
+    request) cost Redis and this process one call, not one each; without load nothing
+    waits. Each caller still gets its own position (or error), and one caller's publishes,
+    awaited one after the other, keep their order. A caller cancelled while it waits may
+    still have published, as when a reply is lost.
     """
 
     def __init__(
@@ -160,29 +185,86 @@ class RedisChannels:
         namespace: str = "ondoki",
         history_size: int = 1000,
         history_ttl: float = 3600.0,
+        max_in_flight: int = 4,
+        gather: int = 1000,
     ) -> None:
+        if max_in_flight < 1 or gather < 1:
+            raise ValueError("max_in_flight and gather must be positive")
         self.client = client
         self.calls = PublishCalls(
             namespace=namespace, history_size=history_size, history_ttl=history_ttl
         )
+        self.max_in_flight = max_in_flight
+        self.gather = gather
+        #: Script calls made, and single publishes that went in another's call (statistics).
+        self.script_calls = 0
+        self.gathered = 0
         self._script = client.register_script(PUBLISH_SCRIPT)
+        self._in_flight = 0
+        self._waiting: dict[bool, _Gathered] = {}  # by "has an idempotency key"
+        self._slot_freed: anyio.Event | None = None  # made on first use: needs the loop
 
     async def publish(
         self, channel: str, payload: bytes, *, idempotency_key: str | None = None
     ) -> Position:
-        (position,) = await self.publish_many([Publication(channel, payload, idempotency_key)])
-        return position
+        publication = Publication(channel, payload, idempotency_key)
+        if self._in_flight < self.max_in_flight and not self._waiting:
+            (position,) = await self._send([publication])
+            return position
+        keyed = idempotency_key is not None
+        gathered = self._waiting.get(keyed)
+        if gathered is not None and len(gathered.publications) < self.gather:
+            index = len(gathered.publications)
+            gathered.publications.append(publication)
+            self.gathered += 1
+            await gathered.done.wait()
+            return gathered.result(index)
+        gathered = self._waiting[keyed] = _Gathered(publication)
+        try:
+            # Shielded: the others wait on this task to send what they gave it.
+            with anyio.CancelScope(shield=True):
+                while self._in_flight >= self.max_in_flight:
+                    await self._slot().wait()
+                if self._waiting.get(keyed) is gathered:
+                    del self._waiting[keyed]
+                try:
+                    gathered.positions = await self._send(gathered.publications)
+                except Exception as exc:
+                    gathered.error = str(exc) or type(exc).__name__
+                    if not isinstance(exc, PubSubError):
+                        raise
+        finally:
+            if self._waiting.get(keyed) is gathered:
+                del self._waiting[keyed]
+            gathered.done.set()
+        return gathered.result(0)
 
     async def publish_many(self, publications: Sequence[Publication]) -> list[Position]:
         if not publications:
             return []
+        return await self._send(publications)
+
+    def _slot(self) -> anyio.Event:
+        if self._slot_freed is None:
+            self._slot_freed = anyio.Event()
+        return self._slot_freed
+
+    async def _send(self, publications: Sequence[Publication]) -> list[Position]:
         keys, args = self.calls.request(publications)
-        reply = await call(
-            lambda: self._script(keys=keys, args=args),
-            error=PubSubError,
-            what=_what(publications),
-            idempotent=self.calls.idempotent(publications),
-        )
+        self._in_flight += 1
+        self.script_calls += 1
+        try:
+            reply = await call(
+                lambda: self._script(keys=keys, args=args),
+                error=PubSubError,
+                what=_what(publications),
+                idempotent=self.calls.idempotent(publications),
+            )
+        finally:
+            self._in_flight -= 1
+            if self._slot_freed is not None:
+                self._slot_freed.set()
+                self._slot_freed = None
         return self.calls.positions(reply)
 
 
