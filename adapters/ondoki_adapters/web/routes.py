@@ -122,17 +122,27 @@ async def publish_notification(request: Request) -> Response:
     )
     if body.lstrip()[:1] == b"[":
         events = decode_json(_decode_batch, body)
+        _check_count(len(events), "events", found.settings.notification_batch_max_events)
         positions = await publisher.publish_many(events)
         return json_response({"positions": [_position(p) for p in positions]}, 202)
     one = decode_json(_decode_one, body)
     if (one.user_id is None) == (one.user_ids is None):
         raise InvalidInput("give either user_id (one user) or user_ids (a broadcast)")
     if one.user_ids is not None:
+        _check_count(len(one.user_ids), "user_ids", found.settings.notification_batch_max_events)
         positions = await publisher.broadcast(one.user_ids, one.type, one.data, id=one.id)
         return json_response({"positions": [_position(p) for p in positions]}, 202)
     assert one.user_id is not None
     position = await publisher.publish(one.user_id, one.type, one.data, id=one.id)
     return json_response(_position(position), 202)
+
+
+def _check_count(count: int, what: str, limit: int) -> None:
+    # The publisher checks it too; here the message can name the setting.
+    if count > limit:
+        raise TooLarge(
+            f"{what} has {count} items; the limit is {limit} (ONDOKI_NOTIFICATION_BATCH_MAX_EVENTS)"
+        )
 
 
 def _position(position: Position) -> dict[str, Any]:
