@@ -43,6 +43,17 @@ from ondoki.ports.pubsub import Publication
 from ondoki.support.redact import redact_url
 from ondoki_adapters.redis.connection import call, connect, describe, milliseconds
 
+__all__ = [
+    "PUBLISH_SCRIPT",
+    "Position",
+    "PublishCalls",
+    "RedisChannels",
+    "RedisPublisher",
+    "SyncRedisChannels",
+    "SyncRedisPublisher",
+    "UserEvent",
+]
+
 # KEYS: per item its meta hash and history stream, then its idempotency key if it has one.
 # ARGV: candidate epoch, ttl (ms), history size, item count n, n triples (pub/sub channel,
 # payload number, 1 if the item has an idempotency key else 0), then the payloads (a
