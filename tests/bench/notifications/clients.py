@@ -141,6 +141,10 @@ class _Clients:
             }
         if op == "samples":
             return group.samples
+        if op == "clear":  # the samples taken so far, forgotten (another run follows)
+            taken = len(group.samples)
+            group.samples.clear()
+            return taken
         if op == "close":
             return await self._close(request["group"])
         raise ValueError(f"unknown request {op!r}")

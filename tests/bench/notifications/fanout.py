@@ -13,8 +13,9 @@ The broadcaster peer (`tests/bench/peer_broadcaster.py`, its clients on `/ws/{us
 published to straight to Redis, as `broadcast.publish` does, one PUBLISH per event, in the
 same batches pipelined (one round trip): what the peer's server sustains, not its publisher.
 
-Publishing is closed-loop: at most WINDOW steps ahead of the slowest client, so the figure is
-the rate a server sustains, not how much it can buffer. Rounds alternate the ways so that
+Publishing is closed-loop: at most WINDOW steps ahead of the slowest client, from up to
+CONCURRENCY calls at once, so the figure is the rate a server sustains, not how much it can
+buffer nor one publisher's round trips. Rounds alternate the ways so that
 drift in the machine falls on all; the median round is reported, with the CPU share of the
 server, the client process and Redis. The ratio holds only while the servers, not the client
 process, are the limit: the busiest client round is reported against 90% of a core.
@@ -61,6 +62,9 @@ SHAPES = [(1, 1000), (100, 10), (1000, 1)]  # users x sockets per user
 #: Events a batch carries when a shape has fewer users than this (else one step a batch).
 BATCH_EVENTS = 100
 FLOOR_BATCH, FLOOR_WINDOW = 500, 20_000
+#: Publish calls in flight at once (one caller's calls in turn would measure its round trips,
+#: not what the server sustains).
+CONCURRENCY = 4
 WAYS = ("http", "http batch", "library", "peer")
 
 
@@ -83,37 +87,48 @@ async def drive(
     ramp: float,
     window: int,
     pids: tuple[int, int, int],
+    concurrency: int = CONCURRENCY,
 ) -> Round:
-    """Publish closed-loop (at most `window` steps ahead of the slowest receiver) for `ramp`
-    + `seconds`; the delivery rate and CPU shares over the last `seconds`. `publish(n)`
-    publishes from step `n` on and answers how many steps it published."""
+    """Publish closed-loop (at most `window` steps ahead of the slowest receiver, from up to
+    `concurrency` calls at once) for `ramp` + `seconds`; the delivery rate and CPU shares
+    over the last `seconds`. `publish(n)` publishes from step `n` on and answers how many
+    steps it published."""
     base = clients.lows[group]
-    published = 0
+    issued = 0  # steps asked for, published or on their way
     start = time.perf_counter()
     first: tuple[float, int, list[float]] | None = None
-    while True:
-        now = time.perf_counter()
-        if first is None and now - start >= ramp:
-            first = (now, clients.totals[group], [cpu_seconds(p) for p in pids])
-        if now - start >= ramp + seconds:
-            break
-        if published - (clients.lows[group] - base) < window:
-            published += await publish(published)
-        else:
-            await anyio.sleep(0.0005)
+
+    async def worker() -> None:
+        nonlocal issued, first
+        while True:
+            now = time.perf_counter()
+            if first is None and now - start >= ramp:
+                first = (now, clients.totals[group], [cpu_seconds(p) for p in pids])
+            if now - start >= ramp + seconds:
+                return
+            if issued - (clients.lows[group] - base) < window:
+                n = issued
+                issued += 1  # claimed now: other workers start after it
+                issued += await publish(n) - 1
+            else:
+                await anyio.sleep(0.0005)
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(concurrency):
+            tasks.start_soon(worker)
     end, total, cpus = time.perf_counter(), clients.totals[group], [cpu_seconds(p) for p in pids]
     assert first is not None
     elapsed = end - first[0]
     shares = [(c - c0) / elapsed for c, c0 in zip(cpus, first[2], strict=True)]
     with contextlib.suppress(TimeoutError):  # drain: what never arrives is reported
-        await clients.wait_low(group, base + published)
+        await clients.wait_low(group, base + issued)
     return Round(
         delivered_per_s=(total - first[1]) / elapsed,
         server_cpu=shares[0],
         client_cpu=shares[1],
         redis_cpu=shares[2],
-        published=published,
-        undelivered=base + published - clients.lows[group],
+        published=issued,
+        undelivered=base + issued - clients.lows[group],
     )
 
 
@@ -285,7 +300,7 @@ async def floor(server: RedisServer, clients: ClientProcess, scale: float) -> Fi
         await clients.call("floor", group=FLOOR, url=server.url(0), channel="bench-floor")
         result = await drive(
             publish_floor, FLOOR, clients, seconds=seconds, ramp=ramp, window=FLOOR_WINDOW,
-            pids=(clients.pid, os.getpid(), redis_pid),
+            pids=(clients.pid, os.getpid(), redis_pid), concurrency=1,
         )  # fmt: skip
         await clients.call("close", group=FLOOR)
     finally:
