@@ -126,15 +126,14 @@ async def publish_notification(request: Request) -> Response:
         positions = await publisher.publish_many(events)
         return json_response({"positions": [_position(p) for p in positions]}, 202)
     one = decode_json(_decode_one, body)
-    if (one.user_id is None) == (one.user_ids is None):
-        raise InvalidInput("give either user_id (one user) or user_ids (a broadcast)")
-    if one.user_ids is not None:
+    if one.user_id is not None and one.user_ids is None:
+        position = await publisher.publish(one.user_id, one.type, one.data, id=one.id)
+        return json_response(_position(position), 202)
+    if one.user_ids is not None and one.user_id is None:
         _check_count(len(one.user_ids), "user_ids", found.settings.notification_batch_max_events)
         positions = await publisher.broadcast(one.user_ids, one.type, one.data, id=one.id)
         return json_response({"positions": [_position(p) for p in positions]}, 202)
-    assert one.user_id is not None
-    position = await publisher.publish(one.user_id, one.type, one.data, id=one.id)
-    return json_response(_position(position), 202)
+    raise InvalidInput("give either user_id (one user) or user_ids (a broadcast)")
 
 
 def _check_count(count: int, what: str, limit: int) -> None:

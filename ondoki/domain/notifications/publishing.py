@@ -164,9 +164,7 @@ class Publisher:
 
         Checked whole before anything is published (see `EventEncoder.many`).
         """
-        publications = self.encoder.many(events)
-        positions = await self._send(publications)
-        return positions
+        return await self._send(self.encoder.many(events))
 
     async def broadcast(
         self, user_ids: Sequence[str], type: str, data: Any = None, *, id: str | None = None
