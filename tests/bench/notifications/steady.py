@@ -56,12 +56,15 @@ async def run_steady(
     await clients.call("clear", group=group)
     warmup = int(RATE * WARMUP)
     failed: list[str] = []
+    calls: list[float] = []  # seconds each publish call took: where a tail comes from
 
     async def publish_one(n: int, due: float) -> None:
+        began = time.perf_counter()
         try:
             await publish(n, due)
         except Exception as exc:  # counted and reported: a publisher that cannot keep up
             failed.append(f"{type(exc).__name__}: {exc}")
+        calls.append(time.perf_counter() - began)
 
     before = [cpu_seconds(pid) for pid in pids]
     started = time.time()
@@ -91,6 +94,7 @@ async def run_steady(
         "sustained_per_s": len(measured) / (last_arrival - WARMUP),
         "missing": float(count - warmup - len(measured)),
         "failed_publishes": float(len(failed)),
+        "publish_call_p99_ms": percentile(calls, 99) * 1000,
         "server_cpu": cpu[0],
         "client_cpu": cpu[1],
     }
