@@ -166,3 +166,31 @@ async def test_gathered_publishes_all_get_the_error() -> None:
     finally:
         await client.aclose()
     assert len(errors) == 10 and all("cannot reach Redis" in e for e in errors), errors
+
+
+def kill_clients(server: RedisServer, name: str) -> None:
+    with server.client() as admin:
+        for client in admin.client_list():
+            if client.get("name") == name:
+                admin.client_kill_filter(_id=client["id"])
+
+
+async def test_a_lost_connection_is_retried_only_when_every_item_has_an_id(
+    service: RedisPubSub, redis_server: RedisServer
+) -> None:
+    async with RedisPublisher(redis_server.url(0)) as publisher:
+        first = await publisher.publish("erin", "t", id="e-1")
+        kill_clients(redis_server, "ondoki-publisher")
+        # The pooled connection is dead: an item with an id is sent again on a new one.
+        assert (await publisher.publish("erin", "t", id="e-2")).offset == first.offset + 1
+        kill_clients(redis_server, "ondoki-publisher")
+        with pytest.raises(PubSubError, match="pubsub publish 'erin'"):
+            await publisher.publish("erin", "t")  # no id: a lost reply may mean it was stored
+    # redis-py's blocking pool notices a closed idle connection before it sends anything
+    # on it (and opens another): nothing is lost, with or without ids.
+    with SyncRedisPublisher(redis_server.url(0)) as sync:
+        sync.publish("erin", "t", id="e-3")
+        kill_clients(redis_server, "ondoki-publisher")
+        batch = sync.publish_many([UserEvent("erin", "t", id="e-4"), UserEvent("erin", "t")])
+        assert [p.offset for p in batch] == [first.offset + 3, first.offset + 4]
+    assert (await service.position("erin")).offset == first.offset + 4
