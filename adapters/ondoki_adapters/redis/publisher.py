@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import secrets
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -139,7 +138,12 @@ class PublishCalls:
                 payloads.append(payload)
                 number = numbers[id(payload)] = len(payloads)
             items += (self.key("notify", channel), number, 0 if idempotency_key is None else 1)
-        head = [secrets.token_hex(8), self._ttl_ms, self.history_size, len(publications)]
+        # The epoch a channel without state starts: it only has to differ from the epochs
+        # that channel had before, and 64 random bits do. Drawn without a system call (most
+        # calls never use it) from `random`'s own generator: seeded from the OS, and again
+        # in a forked child.
+        epoch = f"{random.getrandbits(64):016x}"
+        head = [epoch, self._ttl_ms, self.history_size, len(publications)]
         return keys, [*head, *items, *payloads]
 
     @staticmethod
