@@ -194,3 +194,40 @@ async def test_a_lost_connection_is_retried_only_when_every_item_has_an_id(
         batch = sync.publish_many([UserEvent("erin", "t", id="e-4"), UserEvent("erin", "t")])
         assert [p.offset for p in batch] == [first.offset + 3, first.offset + 4]
     assert (await service.position("erin")).offset == first.offset + 4
+
+
+async def test_cancelled_publishers_do_not_strand_the_others_gathered_with_them(
+    service: RedisPubSub, redis_server: RedisServer
+) -> None:
+    client = connect(redis_server.url(0))
+    channels = RedisChannels(client, max_in_flight=1)
+    got: dict[int, Position] = {}
+
+    async def one(n: int) -> None:
+        got[n] = await channels.publish("cancel", b"%d" % n)
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            scopes = []
+            for n in range(30):
+                scope = anyio.CancelScope()
+                scopes.append(scope)
+
+                async def run(n: int = n, scope: anyio.CancelScope = scope) -> None:
+                    with scope:
+                        await one(n)
+
+                tasks.start_soon(run)
+            await anyio.lowlevel.checkpoint()
+            for scope in scopes[::3]:  # leaders and followers alike
+                scope.cancel()
+        assert channels.gathered > 0
+        # Everyone not cancelled got a position; cancelled ones may still have published.
+        assert {n for n in range(30) if n % 3} <= set(got)
+        latest = await service.position("cancel")
+        assert len(set(got.values())) == len(got)
+        assert len(got) <= latest.offset <= 30
+        # And the channel still takes publishes (no call slot was lost).
+        assert (await channels.publish("cancel", b"after")).offset == latest.offset + 1
+    finally:
+        await client.aclose()
