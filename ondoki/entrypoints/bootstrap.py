@@ -23,7 +23,8 @@ from ondoki.domain.job_view import for_owner
 from ondoki.domain.jobs import JobKinds, register_demo_kinds
 from ondoki.domain.media import KIND, QUEUE, CaptionsFirst, MediaImporter
 from ondoki.domain.namespaces import NamespacedCache
-from ondoki.domain.notifications import NotificationHub, job_notifier
+from ondoki.domain.notifications import NotificationHub, Publisher, job_notifier
+from ondoki.domain.notifications.job_events import PublishesEvents
 from ondoki.domain.sessions import Sessions
 from ondoki.domain.signed_urls import UrlSigner
 from ondoki.domain.state import TemporaryState
@@ -34,7 +35,7 @@ from ondoki.models import InstanceInfo
 from ondoki.ports.cache import Cache
 from ondoki.ports.jobs import JobNotify, JobObserver, JobQueue
 from ondoki.ports.media import MediaDecoder, SubtitleReader, Transcriber
-from ondoki.ports.pubsub import PubSub
+from ondoki.ports.pubsub import Publishes, PubSub
 from ondoki.ports.sessions import SessionStore
 from ondoki.support.redact import redact_url
 from ondoki.support.settings import Settings, with_db
@@ -262,11 +263,21 @@ def upload_limits(settings: Settings) -> UploadLimits:
     )
 
 
-def job_callbacks(settings: Settings, hub: NotificationHub) -> JobNotify:
+def job_callbacks(settings: Settings, events: PublishesEvents) -> JobNotify:
     """What every process that changes job records does on each change: drop a finished
     import's video, and tell the job's owner."""
     files = ImportFiles(Path(settings.media_dir), upload_limits(settings))
-    return notify_all(files.job_changed, job_notifier(hub, for_owner))
+    return notify_all(files.job_changed, job_notifier(events, for_owner))
+
+
+def publisher_for(settings: Settings, pubsub: Publishes) -> Publisher:
+    """The service's publisher, with the event and batch limits from the settings."""
+    return Publisher(
+        pubsub,
+        max_event_bytes=settings.notification_max_bytes,
+        max_batch_events=settings.notification_batch_max_events,
+        max_batch_bytes=settings.notification_batch_max_bytes,
+    )
 
 
 def hub_for(settings: Settings, pubsub: PubSub) -> NotificationHub:
@@ -276,6 +287,7 @@ def hub_for(settings: Settings, pubsub: PubSub) -> NotificationHub:
         max_event_bytes=settings.notification_max_bytes,
         ping_interval=settings.ws_ping_interval_seconds,
         ping_timeout=settings.ws_ping_timeout_seconds,
+        publisher=publisher_for(settings, pubsub),
     )
 
 
@@ -449,15 +461,27 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
     unknown = set(queues) - {kind.queue for kind in kinds}
     if unknown:
         raise ConfigError("--queues", f"no job kind uses {', '.join(sorted(unknown))}")
-    async with AsyncExitStack() as stack, anyio.create_task_group() as tasks:
+    from ondoki_adapters.redis.publisher import RedisPublisher
+
+    async with AsyncExitStack() as stack:
         observer: JobObserver | None = None
         if settings.worker_metrics_port is not None:
             observer = stack.enter_context(
                 worker_metrics(settings.host, settings.worker_metrics_port)
             )
-        pubsub = build_pubsub(settings)
-        stack.push_async_callback(pubsub.aclose)
-        await tasks.start(pubsub.run)
+        # Only publishing: the publisher library, no hub and no pub/sub connection.
+        publisher = await stack.enter_async_context(
+            RedisPublisher(
+                settings.redis_url,
+                namespace=settings.namespace,
+                history_size=settings.history_size,
+                history_ttl=settings.history_ttl_seconds,
+                timeout=settings.redis_timeout_seconds,
+                max_event_bytes=settings.notification_max_bytes,
+                max_batch_events=settings.notification_batch_max_events,
+                max_batch_bytes=settings.notification_batch_max_bytes,
+            )
+        )
         await warn_if_queue_can_be_evicted(settings)
         for note in settings.compatibility_notes:
             log.info("%s", note)
@@ -466,7 +490,7 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
             settings.broker,
             kinds=kinds,
             queues=queues,
-            notify=job_callbacks(settings, hub_for(settings, pubsub)),
+            notify=job_callbacks(settings, publisher),
             namespace=settings.namespace,
             threads=1,
             record_ttl=settings.job_record_ttl_seconds,
@@ -483,7 +507,6 @@ async def run_worker(settings: Settings, queues: tuple[str, ...]) -> None:
                 time_limit_grace=settings.job_time_limit_grace_seconds,
             ),
         )
-        tasks.cancel_scope.cancel()
 
 
 async def migrate_sessions(settings: Settings) -> tuple[int, int]:

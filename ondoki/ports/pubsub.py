@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 
 from ondoki.models import Delivery, Message, Position, PubSubStats
+
+
+class Publication(NamedTuple):
+    """One message of a `publish_many` batch.
+
+    Messages of a batch that carry the very same `payload` object (a broadcast) may be sent
+    to the backend once.
+    """
+
+    channel: str
+    payload: bytes
+    idempotency_key: str | None = None
+
+
+class Publishes(Protocol):
+    """The publishing half of the PubSub port: all a process that only publishes needs."""
+
+    async def publish(
+        self, channel: str, payload: bytes, *, idempotency_key: str | None = None
+    ) -> Position:
+        """Append `payload` to the channel and deliver it; return its position."""
+        ...
+
+    async def publish_many(self, publications: Sequence[Publication]) -> list[Position]:
+        """Publish each item in order, as `publish` would; return their positions in order.
+
+        Items on one channel get increasing offsets in item order; an item whose
+        idempotency key was already used on its channel (earlier in the same batch too)
+        stores and delivers nothing and gets the first message's position. The batch goes
+        to the backend at once (Redis: one script call, one round trip). On a backend
+        error the caller cannot tell which items were stored: retry with idempotency keys.
+        """
+        ...
 
 
 class Subscription(Protocol):
@@ -30,7 +63,7 @@ class Subscription(Protocol):
         ...
 
 
-class PubSub(Protocol):
+class PubSub(Publishes, Protocol):
     """Publish to named channels; subscribers get every message in order, or are told not.
 
     Contract, for every adapter:
@@ -51,6 +84,7 @@ class PubSub(Protocol):
       already trimmed, the `Gap` names the latest position.
     - `publish` with an `idempotency_key` already used on that channel (within the history's
       age) stores and delivers nothing and returns the first message's position.
+    - `publish_many` is `publish` for each item in order, sent to the backend at once.
     - A subscriber that does not consume is the caller's concern (the notification hub
       bounds it); adapters must not block publishers on it. Each subscription buffers a
       bounded number of messages; past that it drops its buffer and later refills from
@@ -74,12 +108,6 @@ class PubSub(Protocol):
         connects (and reconnects) in the background. `subscribe` raises `PubSubError` while
         it is not running; open subscriptions end when it stops.
         """
-        ...
-
-    async def publish(
-        self, channel: str, payload: bytes, *, idempotency_key: str | None = None
-    ) -> Position:
-        """Append `payload` to the channel and deliver it; return its position."""
         ...
 
     def subscribe(

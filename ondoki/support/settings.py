@@ -99,6 +99,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ws_ping_timeout_seconds: Seconds = 10.0
     ws_max_message_bytes: Positive = 4096
 
+    # Publishing: batches and broadcasts (POST /internal/notifications, the publisher library)
+    notification_batch_max_events: Positive = 1000
+    notification_batch_max_bytes: Positive = 1024 * 1024
+
     job_record_ttl_seconds: Seconds = 7 * 86_400.0
     worker_heartbeat_timeout_seconds: Seconds = 60.0
     worker_requeue_interval_seconds: Seconds = 5.0

@@ -8,7 +8,7 @@ import pytest
 
 from ondoki.errors import InvalidInput, PubSubError
 from ondoki.models import Delivery, Gap, Message, Position, PubSubStats
-from ondoki.ports.pubsub import Subscription
+from ondoki.ports.pubsub import Publication, Subscription
 from tests.contract.conftest import InspectablePubSub, PubSubFactory
 from tests.waits import take
 
@@ -629,3 +629,86 @@ async def test_handing_over_none_returns_live_messages_to_iteration(
         await pubsub.publish("back", b"m2")
         assert payloads(await take(subscription, 1)) == [b"m2"]
     assert payloads(list(handed)) == [b"m1"]
+
+
+# -- batches -------------------------------------------------------------------------------
+
+
+async def test_a_batch_gets_each_items_position_in_order(pubsub: InspectablePubSub) -> None:
+    before = await pubsub.publish("batch-a", b"before")
+    async with pubsub.subscribe("batch-a") as a, pubsub.subscribe("batch-b") as b:
+        positions = await pubsub.publish_many(
+            [
+                Publication("batch-a", b"a1"),
+                Publication("batch-b", b"b1"),
+                Publication("batch-a", b"a2"),
+                Publication("batch-b", b"b2"),
+                Publication("batch-a", b"a3"),
+            ]
+        )
+        assert [p.offset for p in positions] == [2, 1, 3, 2, 4]
+        assert {positions[0].epoch} == {p.epoch for p in positions[0::2]} == {before.epoch}
+        got_a = await take(a, 3)
+        got_b = await take(b, 2)
+    assert got_a == [
+        Message("batch-a", positions[i], payload)
+        for i, payload in ((0, b"a1"), (2, b"a2"), (4, b"a3"))
+    ]
+    assert got_b == [
+        Message("batch-b", positions[1], b"b1"),
+        Message("batch-b", positions[3], b"b2"),
+    ]
+    # History holds them as a single publish would have stored them: resume replays them.
+    async with pubsub.subscribe("batch-a", since=before) as replay:
+        assert payloads(await take(replay, 3)) == [b"a1", b"a2", b"a3"]
+
+
+async def test_a_batch_interleaves_with_single_publishes(pubsub: InspectablePubSub) -> None:
+    await pubsub.publish("mixed", b"m1")
+    await pubsub.publish_many([Publication("mixed", b"m2"), Publication("mixed", b"m3")])
+    fourth = await pubsub.publish("mixed", b"m4")
+    assert fourth.offset == 4
+    async with pubsub.subscribe("mixed", since=Position(fourth.epoch, 0)) as replay:
+        assert payloads(await take(replay, 4)) == numbered(1, 4)
+
+
+async def test_idempotency_is_per_item_of_a_batch(pubsub: InspectablePubSub) -> None:
+    earlier = await pubsub.publish("idem-batch", b"first", idempotency_key="k1")
+    async with pubsub.subscribe("idem-batch") as subscription:
+        positions = await pubsub.publish_many(
+            [
+                Publication("idem-batch", b"again", "k1"),  # published before the batch
+                Publication("idem-batch", b"new", "k2"),
+                Publication("idem-batch", b"k2 again", "k2"),  # earlier in this batch
+                Publication("idem-batch", b"no key"),
+                Publication("idem-other", b"same key, other channel", "k1"),
+            ]
+        )
+        assert positions[0] == earlier
+        assert positions[1] == positions[2] == Position(earlier.epoch, 2)
+        assert positions[3] == Position(earlier.epoch, 3)
+        assert positions[4].offset == 1
+        assert payloads(await take(subscription, 2)) == [b"new", b"no key"]
+        assert await quiet(subscription)
+    # The whole batch again stores nothing new (but the item without a key).
+    again = await pubsub.publish_many(
+        [Publication("idem-batch", b"new", "k2"), Publication("idem-other", b"x", "k1")]
+    )
+    assert again == [positions[1], positions[4]]
+
+
+async def test_a_broadcast_payload_reaches_every_channel(pubsub: InspectablePubSub) -> None:
+    payload = b'{"kind":"event","type":"announce"}'
+    channels = [f"fan-{n}" for n in range(50)]
+    await pubsub.publish("fan-7", b"earlier")
+    async with pubsub.subscribe("fan-0") as first, pubsub.subscribe("fan-49") as last:
+        positions = await pubsub.publish_many([Publication(c, payload, "once") for c in channels])
+        assert [p.offset for p in positions] == [1] * 7 + [2] + [1] * 42
+        assert payloads(await take(first, 1)) == [payload]
+        assert payloads(await take(last, 1)) == [payload]
+    repeated = await pubsub.publish_many([Publication(c, payload, "once") for c in channels])
+    assert repeated == positions
+
+
+async def test_an_empty_batch_publishes_nothing(pubsub: InspectablePubSub) -> None:
+    assert await pubsub.publish_many([]) == []

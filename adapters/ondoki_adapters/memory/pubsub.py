@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
@@ -16,6 +16,7 @@ from ondoki.adapterkit.cursor import Cursor
 from ondoki.adapterkit.subscription import BufferedSubscription
 from ondoki.errors import InvalidInput, PubSubError
 from ondoki.models import Delivery, Gap, Message, Position, PubSubStats
+from ondoki.ports.pubsub import Publication
 
 
 class _History:
@@ -155,6 +156,15 @@ class MemoryPubSub:
     ) -> Position:
         self._check_open()
         await anyio.lowlevel.checkpoint()
+        return self._append(channel, payload, idempotency_key)
+
+    async def publish_many(self, publications: Sequence[Publication]) -> list[Position]:
+        self._check_open()
+        await anyio.lowlevel.checkpoint()
+        # No await between items: the batch is stored as one step, like the Redis script.
+        return [self._append(*publication) for publication in publications]
+
+    def _append(self, channel: str, payload: bytes, idempotency_key: str | None) -> Position:
         history = self._history(channel)
         now = self._clock()
         if idempotency_key is not None:

@@ -8,19 +8,19 @@ channel's last publish):
 - `ns:idem:<sha256(c, key)>`, the position an idempotency key was first published at;
 - `ns:notify:c`, the pub/sub channel, carrying msgpack `(epoch, offset, payload)`.
 
-One Lua script publishes (so offsets, history and pub/sub order always agree) and another
-reads a position and the history after it. Each instance holds one pub/sub connection,
+One Lua script publishes (so offsets, history and pub/sub order always agree; it is
+`ondoki_adapters.redis.publisher`'s, shared with the publisher library) and another reads a
+position and the history after it. Each instance holds one pub/sub connection,
 owned by `run`; whenever it is lost, every subscription is repaired from history.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -36,43 +36,13 @@ from ondoki.adapterkit.cursor import Cursor
 from ondoki.adapterkit.subscription import BufferedSubscription
 from ondoki.errors import InvalidInput, PubSubError
 from ondoki.models import Gap, Message, Position, PubSubStats
+from ondoki.ports.pubsub import Publication
 from ondoki_adapters.redis.connection import call, connect, describe, milliseconds
+from ondoki_adapters.redis.publisher import RedisChannels
 
 T = TypeVar("T")
 
 log = logging.getLogger("ondoki.pubsub")
-
-# KEYS: meta, history[, idempotency key]. ARGV: candidate epoch, ttl (ms), history size,
-# payload, pub/sub channel. Returns {published (0 or 1), epoch, offset}.
-_PUBLISH = """
-local meta, history, ttl = KEYS[1], KEYS[2], ARGV[2]
-if KEYS[3] then
-  local seen = redis.call('GET', KEYS[3])
-  if seen then
-    local at = string.find(seen, ':', 1, true)
-    return {0, string.sub(seen, 1, at - 1), tonumber(string.sub(seen, at + 1))}
-  end
-end
-local epoch = redis.call('HGET', meta, 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  -- A stream left behind by a lost meta hash would refuse offsets restarting at 1.
-  redis.call('DEL', history)
-  redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
-end
-local offset = redis.call('HINCRBY', meta, 'offset', 1)
-local payload = ARGV[4]
-redis.call('XADD', history, 'MAXLEN', ARGV[3], '0-' .. offset, 'p', payload)
-redis.call('PEXPIRE', meta, ttl)
-redis.call('PEXPIRE', history, ttl)
-if KEYS[3] then
-  redis.call('SET', KEYS[3], epoch .. ':' .. offset, 'PX', ttl)
-end
--- msgpack array of 3: str epoch, int offset, bin32 payload (what msgspec decodes).
-redis.call('PUBLISH', ARGV[5], '\\147' .. cmsgpack.pack(epoch) .. cmsgpack.pack(offset)
-  .. struct.pack('>BI4', 198, #payload) .. payload)
-return {1, epoch, offset}
-"""
 
 # KEYS: meta, history. ARGV: candidate epoch, ttl (ms), the caller's epoch ('' for none),
 # first offset wanted. Returns {epoch, latest offset, entries from that offset if the epoch
@@ -246,7 +216,13 @@ class RedisPubSub:
         self.reconnect_max = reconnect_max
         self._counters = _Counters()
         self._ttl_ms = milliseconds(history_ttl)
-        self._publish_script = client.register_script(_PUBLISH)
+        self.channels = RedisChannels(
+            client,
+            namespace=namespace,
+            history_size=history_size,
+            history_ttl=history_ttl,
+            timeout=timeout,
+        )
         self._read_script = client.register_script(_READ)
         self._channels: dict[str, _Channel] = {}
         self._running = False
@@ -307,25 +283,14 @@ class RedisPubSub:
     async def publish(
         self, channel: str, payload: bytes, *, idempotency_key: str | None = None
     ) -> Position:
-        keys = [self._key("meta", channel), self._key("history", channel)]
-        if idempotency_key is not None:
-            # Hashed: channel names and keys may both contain ":", and ("a", "b:c") must
-            # not share a key with ("a:b", "c").
-            digest = hashlib.sha256(f"{channel}\0{idempotency_key}".encode()).hexdigest()
-            keys.append(f"{self.namespace}:idem:{digest}")
-        args: list[bytes | str | int] = [
-            secrets.token_hex(8),
-            self._ttl_ms,
-            self.history_size,
-            bytes(payload),
-            self._key("notify", channel),
-        ]
-        _, epoch, offset = await self._call(
-            f"pubsub publish {channel!r}",
-            lambda: self._publish_script(keys=keys, args=args),
-            idempotent=idempotency_key is not None,
-        )
-        return Position(epoch.decode(), int(offset))
+        if self._closed:
+            raise PubSubError(f"pubsub publish {channel!r}: pub/sub is closed")
+        return await self.channels.publish(channel, payload, idempotency_key=idempotency_key)
+
+    async def publish_many(self, publications: Sequence[Publication]) -> list[Position]:
+        if self._closed:
+            raise PubSubError("pubsub publish: pub/sub is closed")
+        return await self.channels.publish_many(publications)
 
     @asynccontextmanager
     async def subscribe(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import anyio
@@ -48,13 +48,15 @@ def error_response(
     return json_response({"error": {"code": code, "message": message}}, status_code, headers)
 
 
-async def read_body(request: Request, *, limit: int) -> bytes:
-    """The whole body, refused with `TooLarge` as soon as it passes `limit` bytes, and
-    with `BodyTimeout` when nothing arrives for ONDOKI_BODY_IDLE_TIMEOUT_SECONDS (the
-    server itself waits for a body forever)."""
+async def read_body(request: Request, *, limit: int, setting: str | None = None) -> bytes:
+    """The whole body, refused with `TooLarge` as soon as it passes `limit` bytes (the
+    message names `setting`, the variable that sets the limit, when given), and with
+    `BodyTimeout` when nothing arrives for ONDOKI_BODY_IDLE_TIMEOUT_SECONDS (the server
+    itself waits for a body forever)."""
+    where = "" if setting is None else f" ({setting})"
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"request body is {declared} bytes; the limit is {limit}")
+        raise TooLarge(f"request body is {declared} bytes; the limit is {limit}{where}")
     idle = services(request).settings.body_idle_timeout_seconds
     chunks: list[bytes] = []
     size = 0
@@ -69,7 +71,7 @@ async def read_body(request: Request, *, limit: int) -> bytes:
             raise BodyTimeout(f"no part of the request body arrived for {idle:g} s") from None
         size += len(chunk)
         if size > limit:
-            raise TooLarge(f"request body is over the limit of {limit} bytes")
+            raise TooLarge(f"request body is over the limit of {limit} bytes{where}")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -87,20 +89,33 @@ def require_json(request: Request) -> None:
 async def read_json(request: Request, into: type[T], *, limit: int) -> T:
     """The body decoded into `into`: 413 over `limit`, 415 if not JSON, 400 if malformed,
     422 if it does not fit the schema (the message names the field)."""
-    require_json(request)
-    body = await read_body(request, limit=limit)
-    if not body.strip():
-        raise MalformedBody("request body is empty; expected a JSON object")
+    body = await read_json_body(request, limit=limit)
     decoded: T = decode_json(body, into)
     return decoded
 
 
+async def read_json_body(request: Request, *, limit: int, setting: str | None = None) -> bytes:
+    """The raw body of a JSON request, not empty: 413 over `limit`, 415 if not JSON, 400 if
+    empty. Decode it with `decode_json` or `decode_with`."""
+    require_json(request)
+    body = await read_body(request, limit=limit, setting=setting)
+    if not body.strip():
+        raise MalformedBody("request body is empty; expected JSON")
+    return body
+
+
 def decode_json(body: bytes, into: Any = Any) -> Any:
-    """`body` decoded into `into`; `MalformedBody` (400) for anything that is not JSON,
-    `InvalidInput` (422) for JSON that does not fit `into`. Every request body goes
-    through here, so no byte sequence reaches the 500 handler."""
+    """`body` decoded into `into` (see `decode_with`)."""
+    return decode_with(lambda raw: msgspec.json.decode(raw, type=into), body)
+
+
+def decode_with(decode: Callable[[bytes], T], body: bytes) -> T:
+    """`decode(body)`; `MalformedBody` (400) for anything that is not JSON, `InvalidInput`
+    (422) for JSON that does not fit the schema (the message names the field, e.g.
+    `$[3].user_id` for an item of a list). Every request body goes through here, so no byte
+    sequence reaches the 500 handler."""
     try:
-        return msgspec.json.decode(body, type=into)
+        return decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:

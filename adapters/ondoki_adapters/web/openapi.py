@@ -9,13 +9,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, get_args
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 
 from ondoki.domain.job_view import JobView
+from ondoki.domain.notifications import UserEvent
 from ondoki.errors import NotFound
 from ondoki.models import Position
 from ondoki_adapters.web import wire
@@ -137,9 +139,14 @@ OPERATIONS: tuple[Operation, ...] = (
               response=wire.StateWritten, body=Any, params=(_TTL,), errors=(*_BODY, 404)),
     Operation("delete", "/state/{key}", "Delete a temporary state value", "session",
               ok=204, errors=(404, 422)),
-    Operation("post", "/internal/notifications", "Publish a notification to a user",
-              "api_key", ok=202, response=Position, body=wire.PublishNotification,
-              errors=_BODY),
+    Operation("post", "/internal/notifications",
+              "Publish an event to a user, a broadcast to many, or a batch", "api_key",
+              ok=202, response=Position | wire.Positions,
+              body=wire.PublishNotification | list[UserEvent], errors=_BODY,
+              description="An object with `user_id` publishes one event and answers its "
+              "position; with `user_ids` it broadcasts one event and answers each user's "
+              "position. A list of events is a batch: all published in one Redis call, or "
+              "none when an item is invalid (422 naming its index). See docs/publishing.md."),
     Operation("get", "/jobs", "The caller's jobs, newest first, in pages", "session",
               response=wire.JobPage,
               params=(*_LISTING, Param("kind", "query", "only jobs of this kind")),
@@ -217,6 +224,8 @@ def _content_schema(kind: Any, schemas: dict[Any, dict[str, Any]], media: str) -
     if kind is str:
         return {"type": "string"}
     if media == "application/json":
+        if isinstance(kind, UnionType):
+            return {"oneOf": [schemas[member] for member in get_args(kind)]}
         return schemas[kind]
     return {"type": "string"}
 
@@ -295,8 +304,13 @@ def _structs(operations: Iterable[Operation]) -> list[Any]:
     found: list[Any] = [wire.ErrorBody]
     for op in operations:
         for kind in (op.response, op.body):
-            if isinstance(kind, type) and issubclass(kind, msgspec.Struct) and kind not in found:
-                found.append(kind)
+            # Structs and lists of them; a union's members each (msgspec makes no schema of
+            # a union of untagged Structs: `_content_schema` joins them with `oneOf`).
+            members = get_args(kind) if isinstance(kind, UnionType) else (kind,)
+            for member in members:
+                plain = member is None or member is Any or member in (str, bytes, "binary")
+                if not plain and member not in found:
+                    found.append(member)
     return found
 
 

@@ -16,6 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 from ondoki.domain.imports import UploadDetails
 from ondoki.domain.job_view import job_view
 from ondoki.domain.media import KIND as IMPORT_KIND
+from ondoki.domain.notifications import UserEvent
 from ondoki.domain.sessions import session_id
 from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge
 from ondoki.models import JobRecord, JobState
@@ -26,10 +27,12 @@ from ondoki_adapters.web.http import (
     UnsupportedMediaType,
     UpgradeRequired,
     check_json,
+    decode_with,
     json_response,
     query_limit,
     read_body,
     read_json,
+    read_json_body,
     require_json,
 )
 from ondoki_adapters.web.multipart import FormUpload, disposition_filename, filename_stem
@@ -41,6 +44,10 @@ READY_TIMEOUT = 2.0
 
 def _time(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
+
+
+_decode_one = msgspec.json.Decoder(wire.PublishNotification).decode
+_decode_batch = msgspec.json.Decoder(list[UserEvent]).decode
 
 
 async def healthz(request: Request) -> Response:
@@ -96,13 +103,39 @@ async def my_session(request: Request) -> Response:
 
 
 async def publish_notification(request: Request) -> Response:
+    """One event (`{"user_id", ...}`), a broadcast (`{"user_ids": [...], ...}`) or a batch
+    (a JSON list of events); see docs/publishing.md. A batch or broadcast is checked whole
+    before anything is published: a bad item is a 4xx naming its index."""
     require_api_key(request)
     found = services(request)
-    body = await read_json(
-        request, wire.PublishNotification, limit=found.settings.max_json_body_bytes
+    publisher = found.notifications.publisher
+    body = await read_json_body(
+        request,
+        limit=found.settings.notification_batch_max_bytes,
+        setting="ONDOKI_NOTIFICATION_BATCH_MAX_BYTES",
     )
-    position = await found.notifications.publish(body.user_id, body.type, body.data, id=body.id)
-    return json_response(position, 202)
+    if body.lstrip()[:1] == b"[":
+        events = decode_with(_decode_batch, body)
+        _check_count(len(events), "events", found.settings.notification_batch_max_events)
+        positions = await publisher.publish_many(events)
+        return json_response(wire.Positions(positions), 202)
+    one = decode_with(_decode_one, body)
+    if one.user_id is not None and one.user_ids is None:
+        position = await publisher.publish(one.user_id, one.type, one.data, id=one.id)
+        return json_response(position, 202)
+    if one.user_ids is not None and one.user_id is None:
+        _check_count(len(one.user_ids), "user_ids", found.settings.notification_batch_max_events)
+        positions = await publisher.broadcast(one.user_ids, one.type, one.data, id=one.id)
+        return json_response(wire.Positions(positions), 202)
+    raise InvalidInput("give either user_id (one user) or user_ids (a broadcast)")
+
+
+def _check_count(count: int, what: str, limit: int) -> None:
+    # The publisher checks it too; here the message can name the setting.
+    if count > limit:
+        raise TooLarge(
+            f"{what} has {count} items; the limit is {limit} (ONDOKI_NOTIFICATION_BATCH_MAX_EVENTS)"
+        )
 
 
 async def _owned_job(request: Request) -> JobRecord:

@@ -10,6 +10,7 @@ import msgspec
 
 from ondoki.domain.job_view import JobView
 from ondoki.domain.media import Guide, GuideStep
+from ondoki.models import Position
 
 #: Every time in a response: RFC 3339 in UTC, e.g. `2026-11-28T09:00:00Z`.
 Timestamp = Annotated[datetime, msgspec.Meta(extra_json_schema={"format": "date-time"})]
@@ -78,11 +79,20 @@ class StateWritten(msgspec.Struct):
 
 
 class PublishNotification(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: UserId
+    """One event for `user_id`, or one event broadcast to `user_ids` (give one of the two)."""
+
     type: EventType
+    user_id: UserId | None = None
+    user_ids: list[UserId] | None = None
     data: Any = None
-    #: Publishing the same `id` again stores and delivers nothing.
+    #: Publishing the same `id` again (per user) stores and delivers nothing.
     id: Annotated[str, _documented(minLength=1, maxLength=128)] | None = None
+
+
+class Positions(msgspec.Struct):
+    """Where each event of a batch or broadcast was stored, in order."""
+
+    positions: list[Position]
 
 
 class ImportAccepted(msgspec.Struct):

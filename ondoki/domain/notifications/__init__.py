@@ -2,7 +2,8 @@
 
 - `protocol`: what a channel stores, the JSON messages of the WebSocket protocol, close
   codes, and `Frame` (one encoded text frame for every local client it goes to);
-- `publishing`: `Publisher` checks, encodes and publishes events;
+- `publishing`: `Publisher` checks, encodes and publishes events (one, a batch, a broadcast);
+  `EventEncoder` is its pure half, for publishers that are not async;
 - `outbox`: a client's frames on their way, bounded in bytes;
 - `hub`: `NotificationHub` serves each connected client (a `ClientConnection` the web adapter
   makes of an accepted WebSocket) its user's events, resumes and pings;
@@ -12,16 +13,18 @@
 from ondoki.domain.notifications.hub import ClientConnection, HubStats, NotificationHub
 from ondoki.domain.notifications.job_events import job_notifier
 from ondoki.domain.notifications.protocol import CloseCode, EndSession, Event, Frame
-from ondoki.domain.notifications.publishing import Publisher
+from ondoki.domain.notifications.publishing import EventEncoder, Publisher, UserEvent
 
 __all__ = [
     "ClientConnection",
     "CloseCode",
     "EndSession",
     "Event",
+    "EventEncoder",
     "Frame",
     "HubStats",
     "NotificationHub",
     "Publisher",
+    "UserEvent",
     "job_notifier",
 ]

@@ -94,6 +94,7 @@ class NotificationHub:
         ping_timeout: float = 10.0,
         resume_wait: float = 0.5,
         close_timeout: float = 2.0,
+        publisher: Publisher | None = None,
     ) -> None:
         if send_buffer_bytes < max_event_bytes:
             # Else one large event could close every client that receives it.
@@ -106,7 +107,8 @@ class NotificationHub:
         self.ping_timeout = ping_timeout
         self.resume_wait = resume_wait
         self.stats = HubStats()
-        self.publisher = Publisher(pubsub, max_event_bytes=max_event_bytes)
+        # Given by the composition root to set the batch limits too.
+        self.publisher = publisher or Publisher(pubsub, max_event_bytes=max_event_bytes)
         self._closing = False
         # How to close each client being served (`close_all` calls every one).
         self._closers: set[Callable[[int, str], None]] = set()

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ondoki.models import JobRecord
+from ondoki.models import JobRecord, Position
 
-if TYPE_CHECKING:
-    from ondoki.domain.notifications.hub import NotificationHub
+
+class PublishesEvents(Protocol):
+    """Where job events go: a `Publisher`, the hub, or the Redis publisher library."""
+
+    async def publish(
+        self, user_id: str, type: str, data: Any = None, *, id: str | None = None
+    ) -> Position: ...
+
 
 _JOB_EVENTS = {
     "running": "job.progress",
@@ -20,7 +26,7 @@ _JOB_EVENTS = {
 
 
 def job_notifier(
-    hub: NotificationHub, present: Callable[[JobRecord], JobRecord] = lambda record: record
+    publisher: PublishesEvents, present: Callable[[JobRecord], JobRecord] = lambda record: record
 ) -> Callable[[JobRecord], Awaitable[None]]:
     """The JobQueue's `notify` callback: each change of a job reaches its owner's clients as
     `job.progress`, `job.succeeded`, `job.failed`, `job.dead` or `job.cancelled`, as
@@ -45,6 +51,6 @@ def job_notifier(
             data["error"] = record.error
         # Final events are idempotent: a redelivered job must not announce its end twice.
         key = None if event == "job.progress" else f"{record.id}:{record.state}:{record.attempts}"
-        await hub.publish(record.owner, event, data, id=key)
+        await publisher.publish(record.owner, event, data, id=key)
 
     return notify

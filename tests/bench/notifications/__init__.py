@@ -1,0 +1,99 @@
+"""Notifications: latency across instances, fan-out in three shapes, a steady load, idle
+memory; one module per figure.
+
+Everything runs on this machine, against the bench's own redis-server, with real processes:
+`ondoki serve` instances (REDIS_URL and ONDOKI_API_KEY set, application pings every hour so
+they stay out of the way), the broadcaster peer (`tests/bench/peer_broadcaster.py`, hypercorn
+in its own process), and ONE client process (`clients`) that holds every WebSocket, so that no
+client work runs in a server's process. The bench process itself only publishes.
+
+- `latency`: POST on instance A, a client on B, at a steady 200 msg/s: p50 and p99;
+- `fanout`: 1,000 WebSockets on B in three shapes (1 x 1,000, 100 x 10, 1,000 x 1), published
+  to over HTTP (single events, batches) and through the publisher library, against the peer;
+- `steady`: 1,000 events/s over 1,000 users, p99 against the peer's;
+- `idle`: memory per connection at 5,000 idle WebSockets, against the peer's.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from tests.bench.notifications.clients import ClientProcess
+from tests.bench.notifications.common import (
+    BROADCASTER_PIP,
+    HAVE_BROADCASTER,
+    KEY,
+    PeerProcess,
+    raise_fd_limit,
+    show_warnings,
+    stop,
+)
+from tests.bench.notifications.fanout import fanout
+from tests.bench.notifications.idle import idle
+from tests.bench.notifications.latency import latency
+from tests.bench.notifications.steady import steady
+from tests.bench.report import Figure, print_figures
+from tests.e2e.process import ServeProcess, clean_env
+from tests.redis_server import RedisServer
+
+
+async def run(server: RedisServer, *, scale: float = 1.0) -> list[Figure]:
+    raise_fd_limit()  # inherited by every process started below
+    if not HAVE_BROADCASTER:
+        print(
+            f"notifications: broadcaster is not installed, the peer figures are skipped "
+            f"(pip install '{BROADCASTER_PIP}')",
+            file=sys.stderr,
+        )
+    env = clean_env(
+        REDIS_URL=server.url(0),
+        ONDOKI_API_KEY=KEY,
+        ONDOKI_WS_PING_INTERVAL_SECONDS="3600",
+        ONDOKI_SHUTDOWN_GRACE_SECONDS="2",
+        ONDOKI_LOG_LEVEL="warning",
+    )
+    figures: list[Figure] = []
+    processes: list[subprocess.Popen[bytes]] = []
+    clients: ClientProcess | None = None
+    with tempfile.TemporaryDirectory(prefix="ondoki-bench-") as tmp:
+        workdir = Path(tmp)
+        try:
+            a, b, c = (ServeProcess(workdir, env) for _ in range(3))
+            processes += [a.process, b.process, c.process]
+            peer = peer_idle = None
+            if HAVE_BROADCASTER:
+                peer, peer_idle = (PeerProcess(workdir, server.url(0)) for _ in range(2))
+                processes += [peer.process, peer_idle.process]
+            clients = ClientProcess()
+            for started in (a, b, c, peer, peer_idle):
+                if started is not None:
+                    await anyio.to_thread.run_sync(started.wait_ready)
+            figures += shown(await latency(a, b, clients, scale))
+            figures += shown(await fanout(server, a, b, peer, clients, scale))
+            figures += shown(await steady(server, a, b, peer, clients, scale))
+            stop(a.process)
+            stop(b.process)
+            if peer is not None:
+                stop(peer.process)
+            figures += shown(await idle(server, c, peer_idle, clients, scale))
+        except BaseException:
+            show_warnings(workdir)  # the folder, and the servers' logs, are about to go
+            raise
+        finally:
+            if clients is not None:
+                clients.close()
+            for process in processes:
+                stop(process)
+    return figures
+
+
+def shown(figures: list[Figure]) -> list[Figure]:
+    """`figures`, printed as they come: a long run that fails later keeps them."""
+    print_figures(figures)
+    return figures

@@ -1,0 +1,233 @@
+"""The publisher library (`RedisPublisher`, `SyncRedisPublisher`) against a real Redis,
+with `RedisPubSub` subscribers standing in for a running service."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import anyio
+import msgspec
+import pytest
+
+from ondoki.domain.notifications import Event, UserEvent
+from ondoki.errors import InvalidInput, PubSubError
+from ondoki.models import Delivery, Message, Position
+from ondoki_adapters.redis.connection import connect
+from ondoki_adapters.redis.publisher import RedisChannels, RedisPublisher, SyncRedisPublisher
+from ondoki_adapters.redis.pubsub import RedisPubSub
+from tests.redis_server import RedisServer
+from tests.waits import take
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+
+@pytest.fixture
+async def service(redis_server: RedisServer) -> AsyncIterator[RedisPubSub]:
+    """What an `ondoki serve` instance subscribes with, on a clean server."""
+    redis_server.flushall()
+    pubsub = RedisPubSub(redis_server.url(0), timeout=2.0)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(pubsub.run)
+        yield pubsub
+        tasks.cancel_scope.cancel()
+    await pubsub.aclose()
+
+
+def script_calls(server: RedisServer) -> int:
+    """How many times scripts ran on the server (EVALSHA and EVAL) since it started."""
+    with server.client() as client:
+        stats = client.info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval")
+    )
+
+
+def messages(deliveries: list[Delivery]) -> list[Message]:
+    assert all(isinstance(d, Message) for d in deliveries), deliveries
+    return [d for d in deliveries if isinstance(d, Message)]
+
+
+def event(message: Message) -> Event:
+    return msgspec.json.decode(message.payload, type=Event)
+
+
+async def test_async_publisher_positions_are_the_services(
+    service: RedisPubSub, redis_server: RedisServer
+) -> None:
+    async with RedisPublisher(redis_server.url(0)) as publisher:
+        start = await service.position("alice")
+        async with service.subscribe("alice") as alice:
+            first = await publisher.publish("alice", "job.progress", {"p": 0.5})
+            batch = await publisher.publish_many(
+                [UserEvent("alice", "a", 1), UserEvent("bob", "b"), UserEvent("alice", "a", 2)]
+            )
+            [message] = messages(await take(alice, 1))
+            assert message.position == first == Position(start.epoch, 1)
+            assert event(message) == Event("job.progress", {"p": 0.5})
+            assert [m.position for m in messages(await take(alice, 2))] == [batch[0], batch[2]]
+        # Resume from what the library answered replays the rest.
+        async with service.subscribe("alice", since=first) as resumed:
+            assert [event(m).data for m in messages(await take(resumed, 2))] == [1, 2]
+        assert await publisher.publish("alice", "done", id="k") == await publisher.publish(
+            "alice", "done", id="k"
+        )
+
+
+async def test_a_batch_and_a_broadcast_are_one_script_call_each(
+    service: RedisPubSub, redis_server: RedisServer
+) -> None:
+    async with RedisPublisher(redis_server.url(0)) as publisher:
+        await publisher.publish("warm-up", "t")  # loads the script
+        before = script_calls(redis_server)
+        await publisher.publish_many([UserEvent(f"u{n}", "t", n) for n in range(200)])
+        await publisher.broadcast([f"u{n}" for n in range(200)], "announce", "x" * 1000)
+        assert script_calls(redis_server) == before + 2
+        assert (await service.position("u199")).offset == 2
+
+
+async def test_sync_publisher_shares_positions_and_idempotency(
+    service: RedisPubSub, redis_server: RedisServer
+) -> None:
+    with SyncRedisPublisher(redis_server.url(0)) as publisher:
+        async with service.subscribe("carol") as carol:
+            position = await anyio.to_thread.run_sync(
+                lambda: publisher.publish("carol", "hello", {"n": 1}, id="hello-1")
+            )
+            [message] = messages(await take(carol, 1))
+            assert message.position == position
+            assert event(message) == Event("hello", {"n": 1})
+        assert publisher.publish("carol", "hello", {"n": 1}, id="hello-1") == position
+        got = publisher.broadcast(["carol", "dave"], "announce", id="ann")
+        assert [p.offset for p in got] == [2, 1]
+        assert publisher.broadcast(["carol", "dave"], "announce", id="ann") == got
+        with pytest.raises(InvalidInput, match=re.escape("events[1]: user_id")):
+            publisher.publish_many([UserEvent("dave", "t"), UserEvent("no such user!", "t")])
+        assert (await service.position("dave")).offset == 1
+
+
+async def test_an_unreachable_redis_is_a_pubsub_error() -> None:
+    async with RedisPublisher("redis://127.0.0.1:1/0", timeout=0.5) as publisher:
+        with pytest.raises(PubSubError, match="pubsub publish 'alice'"):
+            await publisher.publish("alice", "t")
+    with (
+        SyncRedisPublisher("redis://127.0.0.1:1/0", timeout=0.5) as sync,
+        pytest.raises(PubSubError, match=r"pubsub publish \(2 messages\)"),
+    ):
+        sync.broadcast(["a", "b"], "t", id="x")
+
+
+async def test_concurrent_single_publishes_share_calls_when_every_slot_is_busy(
+    service: RedisPubSub, redis_server: RedisServer
+) -> None:
+    client = connect(redis_server.url(0))
+    channels = RedisChannels(client, max_in_flight=1)
+    got: dict[int, Position] = {}
+
+    async def one(n: int) -> None:
+        got[n] = await channels.publish(
+            f"g{n % 5}", b"%d" % n, idempotency_key=f"k{n}" if n % 2 else None
+        )
+
+    try:
+        async with service.subscribe("g0") as g0:
+            async with anyio.create_task_group() as tasks:
+                for n in range(100):
+                    tasks.start_soon(one, n)
+            assert channels.script_calls < 100 and channels.gathered > 0
+            # Every publish stored once, with its own position: 20 per channel, 1 to 20.
+            for channel in range(5):
+                offsets = sorted(got[n].offset for n in range(channel, 100, 5))
+                assert offsets == list(range(1, 21))
+            delivered = messages(await take(g0, 20))
+            assert {m.position for m in delivered} == {got[n] for n in range(0, 100, 5)}
+            assert [m.position.offset for m in delivered] == list(range(1, 21))
+        # Retrying the keyed ones stores nothing new.
+        assert await channels.publish("g1", b"1", idempotency_key="k1") == got[1]
+    finally:
+        await client.aclose()
+
+
+async def test_gathered_publishes_all_get_the_error() -> None:
+    client = connect("redis://127.0.0.1:1/0", timeout=0.5)
+    channels = RedisChannels(client, max_in_flight=1)
+    errors: list[str] = []
+
+    async def one(n: int) -> None:
+        try:
+            await channels.publish("alice", b"x")
+        except PubSubError as exc:
+            errors.append(str(exc))
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            for n in range(10):
+                tasks.start_soon(one, n)
+    finally:
+        await client.aclose()
+    assert len(errors) == 10 and all("cannot reach Redis" in e for e in errors), errors
+
+
+def kill_clients(server: RedisServer, name: str) -> None:
+    with server.client() as admin:
+        for client in admin.client_list():
+            if client.get("name") == name:
+                admin.client_kill_filter(_id=client["id"])
+
+
+async def test_a_lost_connection_is_retried_only_when_every_item_has_an_id(
+    service: RedisPubSub, redis_server: RedisServer
+) -> None:
+    async with RedisPublisher(redis_server.url(0)) as publisher:
+        first = await publisher.publish("erin", "t", id="e-1")
+        kill_clients(redis_server, "ondoki-publisher")
+        # The pooled connection is dead: an item with an id is sent again on a new one.
+        assert (await publisher.publish("erin", "t", id="e-2")).offset == first.offset + 1
+        kill_clients(redis_server, "ondoki-publisher")
+        with pytest.raises(PubSubError, match="pubsub publish 'erin'"):
+            await publisher.publish("erin", "t")  # no id: a lost reply may mean it was stored
+    # redis-py's blocking pool notices a closed idle connection before it sends anything
+    # on it (and opens another): nothing is lost, with or without ids.
+    with SyncRedisPublisher(redis_server.url(0)) as sync:
+        sync.publish("erin", "t", id="e-3")
+        kill_clients(redis_server, "ondoki-publisher")
+        batch = sync.publish_many([UserEvent("erin", "t", id="e-4"), UserEvent("erin", "t")])
+        assert [p.offset for p in batch] == [first.offset + 3, first.offset + 4]
+    assert (await service.position("erin")).offset == first.offset + 4
+
+
+async def test_cancelled_publishers_do_not_strand_the_others_gathered_with_them(
+    service: RedisPubSub, redis_server: RedisServer
+) -> None:
+    client = connect(redis_server.url(0))
+    channels = RedisChannels(client, max_in_flight=1)
+    got: dict[int, Position] = {}
+
+    async def one(n: int) -> None:
+        got[n] = await channels.publish("cancel", b"%d" % n)
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            scopes = []
+            for n in range(30):
+                scope = anyio.CancelScope()
+                scopes.append(scope)
+
+                async def run(n: int = n, scope: anyio.CancelScope = scope) -> None:
+                    with scope:
+                        await one(n)
+
+                tasks.start_soon(run)
+            await anyio.lowlevel.checkpoint()
+            for scope in scopes[::3]:  # leaders and followers alike
+                scope.cancel()
+        assert channels.gathered > 0
+        # Everyone not cancelled got a position; cancelled ones may still have published.
+        assert {n for n in range(30) if n % 3} <= set(got)
+        latest = await service.position("cancel")
+        assert len(set(got.values())) == len(got)
+        assert len(got) <= latest.offset <= 30
+        # And the channel still takes publishes (no call slot was lost).
+        assert (await channels.publish("cancel", b"after")).offset == latest.offset + 1
+    finally:
+        await client.aclose()
