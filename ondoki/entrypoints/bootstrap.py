@@ -156,6 +156,9 @@ def hub_for(settings: Settings, pubsub: PubSub) -> NotificationHub:
         max_event_bytes=settings.notification_max_bytes,
         ping_interval=settings.ws_ping_interval_seconds,
         ping_timeout=settings.ws_ping_timeout_seconds,
+        max_sockets_per_user=settings.ws_max_sockets_per_user,
+        resume_burst=settings.ws_resume_burst,
+        resume_per_second=settings.ws_resumes_per_minute / 60,
     )
 
 

@@ -35,10 +35,12 @@ class FakeClient:
 
     def __init__(self) -> None:
         FakeClient.made.append(self)
-        self.unsent: list[Frame] = []
+        self.held: list[Frame] = []
         self.written: list[Frame] = []
         self.aborted = False
-        self.to_server_send, self.to_server = anyio.create_memory_object_stream[str | None](16)
+        self.to_server_send, self.to_server = anyio.create_memory_object_stream[str | bytes | None](
+            16
+        )
         self.frames_send, self.frames = anyio.create_memory_object_stream[dict[str, Any]](10_000)
         self.stalled = anyio.Event()
         self.stall = False
@@ -53,21 +55,21 @@ class FakeClient:
         self.written.append(frame)
         await self.frames_send.send(json.loads(frame.text))
 
-    def writer(self) -> Callable[[Frame], int] | None:
-        if self.kind == "queued":
-            return None
+    def writer(self) -> FakeClient | None:
+        return None if self.kind == "queued" else self
 
-        def write(frame: Frame) -> int:
-            self.written.append(frame)
-            if self.stall:
-                self.unsent.append(frame)
-            else:
-                self.frames_send.send_nowait(json.loads(frame.text))
-            return sum(len(f.data) for f in self.unsent)
+    def write(self, frame: Frame) -> int:
+        self.written.append(frame)
+        if self.stall:
+            self.held.append(frame)
+        else:
+            self.frames_send.send_nowait(json.loads(frame.text))
+        return self.unsent()
 
-        return write
+    def unsent(self) -> int:
+        return sum(len(f.data) for f in self.held)
 
-    async def receive(self) -> str | None:
+    async def receive(self) -> str | bytes | None:
         return await self.to_server.receive()
 
     async def close(self, code: int, reason: str = "") -> None:

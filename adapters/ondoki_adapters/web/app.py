@@ -14,10 +14,11 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from ondoki import errors
 from ondoki.entrypoints.services import Services
-from ondoki_adapters.web.direct import DirectFrames
+from ondoki_adapters.web.direct import DirectFrames, check_hypercorn
 from ondoki_adapters.web.http import MalformedBody, UnsupportedMediaType, error_response
 from ondoki_adapters.web.metrics import MetricsEndpoint
 from ondoki_adapters.web.observe import HttpMetrics, RequestContext
@@ -84,11 +85,7 @@ def create_app(open_services: ServicesFactory) -> Starlette:
     metrics = MetricsEndpoint(registry)
     return Starlette(
         routes=[*routes, Route("/metrics", metrics.handle, methods=["GET"])],
-        # DirectFrames first: it needs the server's own `send`, unwrapped.
-        middleware=[
-            Middleware(DirectFrames),
-            Middleware(RequestContext, metrics=HttpMetrics(registry)),
-        ],
+        middleware=[Middleware(RequestContext, metrics=HttpMetrics(registry))],
         lifespan=lifespan,
         exception_handlers={
             errors.OndokiError: _ondoki_error,
@@ -96,3 +93,14 @@ def create_app(open_services: ServicesFactory) -> Starlette:
             Exception: _unexpected,
         },
     )
+
+
+def serve_app(app: ASGIApp, *, direct_frames: bool) -> ASGIApp:
+    """What `ondoki serve` hands hypercorn: `app`, wrapped (outside everything, where it
+    sees hypercorn's own `send`) so that WebSocket frames go straight to the transport
+    unless `direct_frames` is off (ONDOKI_WS_DIRECT_FRAMES). Raises ConfigError when on
+    with a hypercorn whose internals it does not know."""
+    if not direct_frames:
+        return app
+    check_hypercorn()
+    return DirectFrames(app)

@@ -11,10 +11,17 @@
 
 from ondoki.domain.notifications.hub import ClientConnection, HubStats, NotificationHub
 from ondoki.domain.notifications.job_events import job_notifier
-from ondoki.domain.notifications.protocol import CloseCode, EndSession, Event, Frame
+from ondoki.domain.notifications.protocol import (
+    ClientClosed,
+    CloseCode,
+    EndSession,
+    Event,
+    Frame,
+)
 from ondoki.domain.notifications.publishing import Publisher
 
 __all__ = [
+    "ClientClosed",
     "ClientConnection",
     "CloseCode",
     "EndSession",
