@@ -82,6 +82,7 @@ def build_cache(settings: Settings) -> Cache:
 
 
 def build_pubsub(settings: Settings) -> PubSub:
+    # A replayed page of history is bounded like a socket's unsent frames.
     if settings.redis_url is None:
         from ondoki_adapters.memory.pubsub import MemoryPubSub
 
@@ -89,6 +90,7 @@ def build_pubsub(settings: Settings) -> PubSub:
             namespace=settings.namespace,
             history_size=settings.history_size,
             history_ttl=settings.history_ttl_seconds,
+            replay_page_bytes=settings.ws_send_buffer_bytes,
         )
     from ondoki_adapters.redis.pubsub import RedisPubSub
 
@@ -97,6 +99,7 @@ def build_pubsub(settings: Settings) -> PubSub:
         namespace=settings.namespace,
         history_size=settings.history_size,
         history_ttl=settings.history_ttl_seconds,
+        replay_page_bytes=settings.ws_send_buffer_bytes,
     )
 
 
@@ -184,6 +187,7 @@ async def open_services(
             stack.push_async_callback(pubsub.aclose)
         await tasks.start(pubsub.run)
         hub = hub_for(settings, pubsub)
+        await tasks.start(hub.run)
         jobs = build_jobs(settings, kinds or build_kinds(settings), job_notifier(hub, public))
         stack.push_async_callback(jobs.aclose)
         if isinstance(jobs, Runnable):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Literal
 
 import anyio
@@ -127,10 +128,18 @@ async def pubsub() -> AsyncIterator[MemoryPubSub]:
 Serve = Callable[..., Awaitable[FakeClient]]
 
 
+@asynccontextmanager
+async def running(hub: NotificationHub) -> AsyncIterator[NotificationHub]:
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(hub.run)
+        yield hub
+        tasks.cancel_scope.cancel()
+
+
 @pytest.fixture
-async def hub(pubsub: MemoryPubSub) -> NotificationHub:
+async def hub(pubsub: MemoryPubSub) -> AsyncIterator[NotificationHub]:
     # About six frames of a few dozen bytes may wait for a client.
-    return NotificationHub(
+    hub = NotificationHub(
         pubsub,
         send_buffer_bytes=512,
         max_event_bytes=512,
@@ -138,6 +147,8 @@ async def hub(pubsub: MemoryPubSub) -> NotificationHub:
         ping_interval=60,
         close_timeout=0.2,
     )
+    async with running(hub):
+        yield hub
 
 
 @pytest.fixture
@@ -288,7 +299,7 @@ async def test_a_message_is_one_frame_for_every_local_client(
 async def test_no_pong_closes_and_pong_keeps_open(pubsub: MemoryPubSub) -> None:
     hub = NotificationHub(pubsub, resume_wait=0.01, ping_interval=0.05, ping_timeout=0.1)
     silent, polite = FakeClient(), FakeClient()
-    async with anyio.create_task_group() as tasks:
+    async with running(hub), anyio.create_task_group() as tasks:
         tasks.start_soon(hub.serve, silent, "alice", "a")
         tasks.start_soon(hub.serve, polite, "alice", "b")
         with anyio.fail_after(3):
@@ -302,14 +313,35 @@ async def test_no_pong_closes_and_pong_keeps_open(pubsub: MemoryPubSub) -> None:
 
 async def test_expired_session_is_closed_at_the_next_ping(pubsub: MemoryPubSub) -> None:
     hub = NotificationHub(pubsub, resume_wait=0.01, ping_interval=0.05)
+    answers = [True]  # valid when the subscription starts, then expired
 
-    async def invalid() -> bool:
+    async def valid() -> bool:
+        return answers.pop() if answers else False
+
+    client = FakeClient()
+    async with running(hub):
+        with anyio.fail_after(3):
+            code = await hub.serve(client, "alice", "s", session_valid=valid)
+    assert code == CloseCode.SESSION_ENDED
+    assert not any(frame.data == b'{"type":"ping"}' for frame in client.written)
+
+
+async def test_a_logout_before_the_subscription_starts_is_not_missed(
+    pubsub: MemoryPubSub,
+) -> None:
+    # The logout marker went out between accept and the subscription (no stream holds it
+    # for this client): the session is asked again once the subscription is live.
+    hub = NotificationHub(pubsub, resume_wait=0.01, ping_interval=60)
+
+    async def ended() -> bool:
         return False
 
     client = FakeClient()
-    with anyio.fail_after(3):
-        code = await hub.serve(client, "alice", "s", session_valid=invalid)
+    async with running(hub):
+        with anyio.fail_after(3):
+            code = await hub.serve(client, "alice", "s", session_valid=ended)
     assert code == CloseCode.SESSION_ENDED
+    assert client.closed == (CloseCode.SESSION_ENDED, "session ended")
 
 
 async def test_logout_closes_only_that_sessions_sockets(hub: NotificationHub, serve: Serve) -> None:
@@ -332,7 +364,7 @@ async def test_shutdown_closes_every_client_with_1012(hub: NotificationHub, serv
 async def test_shutdown_while_a_client_connects_closes_it_too(pubsub: MemoryPubSub) -> None:
     hub = NotificationHub(pubsub, resume_wait=0.3, ping_interval=60)
     client = FakeClient()
-    async with anyio.create_task_group() as tasks:
+    async with running(hub), anyio.create_task_group() as tasks:
         tasks.start_soon(hub.serve, client, "alice", "s")
         await anyio.sleep(0.05)  # inside the resume window, before streaming
         hub.close_all()
@@ -402,7 +434,8 @@ class BrokenPubSub(MemoryPubSub):
 async def test_backend_failure_before_streaming_closes_with_1011() -> None:
     hub = NotificationHub(BrokenPubSub(), resume_wait=0.01)
     client = FakeClient()
-    with anyio.fail_after(3):
-        assert await hub.serve(client, "alice", "s") == CloseCode.INTERNAL
+    async with running(hub):
+        with anyio.fail_after(3):
+            assert await hub.serve(client, "alice", "s") == CloseCode.INTERNAL
     assert client.closed is not None and client.closed[0] == CloseCode.INTERNAL
     assert hub.stats.connections == 0

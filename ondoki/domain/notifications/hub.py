@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import anyio
 import msgspec
+from anyio.abc import TaskGroup, TaskStatus
 
 from ondoki.domain.notifications.outbox import (
     DirectOutbox,
@@ -38,7 +39,7 @@ from ondoki.domain.notifications.protocol import (
 from ondoki.domain.notifications.publishing import Publisher
 from ondoki.errors import OndokiError
 from ondoki.models import Gap, Message, Position
-from ondoki.ports.pubsub import PubSub
+from ondoki.ports.pubsub import PubSub, Subscription
 
 log = logging.getLogger("ondoki.domain.notifications")
 
@@ -139,6 +140,31 @@ class NotificationHub:
         # The same message reaches many local clients: encode its frame once.
         self._frames: OrderedDict[tuple[str, str, int], Frame] = OrderedDict()
         self._frame_bytes = 0
+        # Set while `run` runs: the clients' occasional work (replays, pings) runs here.
+        self._tasks: TaskGroup | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The work every client shares, until cancelled: start it with
+        `await task_group.start(hub.run)` before `serve`.
+
+        One loop pings every client when its time comes (after asking whether its session
+        is still valid) and closes those whose pong is overdue; replays, repairs and pings
+        run as short tasks here, only while there is something to do. An idle client thus
+        costs no task of its own besides the one serving it.
+        """
+        if self._tasks is not None:
+            raise RuntimeError("NotificationHub.run is already running")
+        tick = min(1.0, self.ping_interval / 2, self.ping_timeout / 2)
+        try:
+            async with anyio.create_task_group() as self._tasks:
+                task_status.started()
+                while True:
+                    await anyio.sleep(tick)
+                    now = anyio.current_time()
+                    for client in list(self._clients):
+                        client.tick(now)
+        finally:
+            self._tasks = None
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -194,6 +220,8 @@ class NotificationHub:
         session: str,
         session_valid: Callable[[], Awaitable[bool]] | None,
     ) -> tuple[int, str]:
+        if self._tasks is None:
+            raise RuntimeError("NotificationHub.serve needs run() running")
         if self.closing:
             return CloseCode.RESTART, "server shutting down"
         sockets = self._sockets.get(user_id, 0)
@@ -266,28 +294,33 @@ class _State(Enum):
 
 
 class _Client:
-    """One client while the hub serves it: its state, and the two pieces of work that serve
-    it. `stream` (its own task) feeds the outbox from the user's subscription; `read` (the
-    serving task) takes the client's messages, and pings it when the line goes quiet. No
-    other task is made per client: idle memory per socket is what matters at scale.
+    """One client while the hub serves it: its state, and the work that serves it.
+
+    The serving task (`run`) subscribes and takes the client's messages. Live events go
+    from the subscription straight to the outbox (`_live`); whatever must be read first
+    (a replay, a gap, a repair) is drained by a short task in the hub's task group
+    (`_drain`), at the client's pace; the hub's loop pings (`tick`). An idle client has no
+    task but the serving one: idle memory per socket is what matters at scale.
     """
 
     __slots__ = (
         "client",
         "closed",
+        "drain_scope",
         "hub",
         "outbox",
         "ping_due",
+        "pinging",
         "pong_due",
         "position",
-        "restarting",
         "resume_at",
         "resume_tokens",
         "scope",
+        "sender_scope",
         "session",
         "session_valid",
         "state",
-        "stream_scope",
+        "subscription",
         "user_id",
     )
 
@@ -306,14 +339,14 @@ class _Client:
         self.session_valid = session_valid
         self.state = _State.CONNECTING
         self.closed: tuple[int, str] = (CloseCode.NORMAL, "")
-        self.position: Position | None = None  # where the stream (re)starts
-        # Between a resume and the restarted stream: the old one's live messages are dropped
-        # (the new stream replays from the resumed position).
-        self.restarting = False
-        self.scope: anyio.CancelScope | None = None  # everything serving this client
-        self.stream_scope: anyio.CancelScope | None = None
+        self.position: Position | None = None  # where the next subscription starts
+        self.subscription: Subscription | None = None
+        self.scope: anyio.CancelScope | None = None  # the serving task's
+        self.drain_scope: anyio.CancelScope | None = None  # set while a drain is under way
+        self.sender_scope: anyio.CancelScope | None = None  # a queued outbox's sender
         self.ping_due = math.inf
         self.pong_due = math.inf  # when the oldest unanswered ping times out
+        self.pinging = False  # a session check and ping are under way
         self.resume_tokens = float(hub.resume_burst)
         self.resume_at = 0.0
         writer = client.writer()
@@ -332,23 +365,12 @@ class _Client:
         hub.stats.direct += direct
         hub._clients.add(self)
         try:
-            # Anchor at the current position: whatever is published from now on is replayed
-            # from history even if the live subscription starts after the first message.
-            self.position = await hub.pubsub.position(self.user_id)
             with anyio.CancelScope() as self.scope:
                 if hub.closing:  # began while this client was connecting
                     self.close(CloseCode.RESTART, "server shutting down")
-                await self._guarded(self._first_message)
-                if self.state is _State.CLOSED:
-                    return self.closed
-                self.state = _State.STREAMING
-                self.ping_due = anyio.current_time() + hub.ping_interval
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(self._guarded, self._stream)
-                    if isinstance(self.outbox, QueuedOutbox):
-                        tasks.start_soon(self._guarded, self.outbox.run)
-                    await self._guarded(self._read)
+                await self._guarded(self._serve)
         finally:
+            self.close(CloseCode.NORMAL, "")  # ends the side work, if nothing else did
             hub._clients.discard(self)
             hub.stats.direct -= direct
             self.outbox.close()
@@ -361,8 +383,9 @@ class _Client:
         if code == CloseCode.SLOW_CLIENT:
             self.hub.stats.slow_closes += 1
         self.state, self.closed = _State.CLOSED, (code, reason)
-        if self.scope is not None:
-            self.scope.cancel()
+        for scope in (self.scope, self.drain_scope, self.sender_scope):
+            if scope is not None:
+                scope.cancel()
 
     async def _guarded(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run one piece of work; what ends it chooses the close code."""
@@ -371,9 +394,57 @@ class _Client:
         except ClientClosed as exc:
             self.close(exc.code, exc.reason)
         except OndokiError as exc:
-            # Only the backend gets here: a client's message never raises past `_receive`.
+            # Only the backend gets here: a client's message never raises past `parse_client`.
             log.warning("closing a client of %s: %s", self.user_id, exc)
             self.close(CloseCode.INTERNAL, _OUTAGE)
+
+    async def _side(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Side work in the hub's task group: whatever happens stays with this client."""
+        try:
+            await self._guarded(work)
+        except Exception:
+            log.exception("closing a client of %s after an unexpected error", self.user_id)
+            self.close(CloseCode.INTERNAL, "internal error; reconnect and resume")
+
+    def _start(self, work: Callable[[], Awaitable[None]]) -> None:
+        tasks = self.hub._tasks
+        if tasks is None:  # the hub stopped: so does every client
+            self.close(CloseCode.RESTART, "server shutting down")
+            return
+        tasks.start_soon(self._side, work)
+
+    async def _serve(self) -> None:
+        hub = self.hub
+        # Anchor at the current position: whatever is published from now on is replayed
+        # from history even if the live subscription starts after the first message.
+        self.position = await hub.pubsub.position(self.user_id)
+        await self._first_message()
+        self.state = _State.STREAMING
+        self.ping_due = anyio.current_time() + hub.ping_interval
+        if isinstance(self.outbox, QueuedOutbox):
+            self.sender_scope = anyio.CancelScope()
+            self._start(self._send_queued)
+        checked = False
+        while True:  # a `resume` ends one subscription and starts the next
+            async with hub.pubsub.subscribe(self.user_id, since=self.position) as subscription:
+                self.subscription = subscription
+                subscription.hand_over(self._live)
+                subscription.on_pending(self._wake)
+                self._wake()  # a replay may be queued already
+                if not checked:
+                    # A logout published before the subscription was live is in no
+                    # stream this client reads: ask the session store once it is.
+                    await self._check_session()
+                    checked = True
+                try:
+                    await self._read()
+                finally:
+                    subscription.hand_over(None)
+                    subscription.on_pending(None)
+                    self.subscription = None
+                    if self.drain_scope is not None:
+                        self.drain_scope.cancel()
+                        self.drain_scope = None
 
     # -- the client's messages -------------------------------------------------------------
 
@@ -381,8 +452,7 @@ class _Client:
         with anyio.move_on_after(self.hub.resume_wait):
             data = await self.client.receive()
             if data is None:
-                self.close(CloseCode.NORMAL, "")
-                return
+                raise ClientClosed(CloseCode.NORMAL, "")
             message, error = parse_client(data)
             if isinstance(message, Resume):
                 self.position = Position(message.epoch, message.offset)
@@ -390,22 +460,16 @@ class _Client:
                 await self.client.send(error)
 
     async def _read(self) -> None:
-        """Take the client's messages; between them, ping it on time."""
+        """Take the client's messages; return when a `resume` restarts the stream."""
         while True:
-            now = anyio.current_time()
-            if now >= min(self.ping_due, self.pong_due):
-                await self._tick(now)
-                continue
-            with anyio.move_on_after(min(self.ping_due, self.pong_due) - now) as waiting:
-                data = await self.client.receive()
-            if waiting.cancelled_caught:
-                continue
+            data = await self.client.receive()
             if data is None:
-                self.close(CloseCode.NORMAL, "")
+                raise ClientClosed(CloseCode.NORMAL, "")
+            if self._handle(data):
                 return
-            self._handle(data)
 
-    def _handle(self, data: str | bytes) -> None:
+    def _handle(self, data: str | bytes) -> bool:
+        """Act on one message; True when it is a `resume` that restarts the stream."""
         message, error = parse_client(data)
         if error is not None:
             self.outbox.put(error)
@@ -416,12 +480,12 @@ class _Client:
                 self.outbox.put(
                     text_frame(ErrorMessage("rate_limited", "too many resume messages; wait"))
                 )
-                return
+                return False
             # A late resume restarts the stream from there: it may repeat offsets the
             # client already has (resume first to avoid that).
-            self.position, self.restarting = Position(message.epoch, message.offset), True
-            if self.stream_scope is not None:
-                self.stream_scope.cancel()
+            self.position = Position(message.epoch, message.offset)
+            return True
+        return False
 
     def _may_resume(self, now: float) -> bool:
         hub = self.hub
@@ -433,15 +497,29 @@ class _Client:
         self.resume_tokens -= 1
         return True
 
-    async def _tick(self, now: float) -> None:
-        """A ping or a pong is due: time the client out, or check its session and ping."""
-        hub = self.hub
+    # -- pings (the hub's loop calls `tick`) ------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Close the client if its pong is overdue; start a ping when one is due."""
+        if self.state is not _State.STREAMING:
+            return
         if now >= self.pong_due:
-            raise ClientClosed(CloseCode.PONG_TIMEOUT, "no pong")
-        await self._check_session()
+            self.close(CloseCode.PONG_TIMEOUT, "no pong")
+        elif now >= self.ping_due and not self.pinging:
+            self.pinging = True
+            self._start(self._ping)
+
+    async def _ping(self) -> None:
+        try:
+            await self._check_session()
+        finally:
+            self.pinging = False
+        if self.state is not _State.STREAMING:
+            return
+        now = anyio.current_time()
         if self.pong_due == math.inf:  # the oldest unanswered ping keeps its deadline
-            self.pong_due = now + hub.ping_timeout
-        self.ping_due = now + hub.ping_interval
+            self.pong_due = now + self.hub.ping_timeout
+        self.ping_due = now + self.hub.ping_interval
         self.outbox.put(Frame(PING))
 
     async def _check_session(self) -> None:
@@ -450,30 +528,50 @@ class _Client:
 
     # -- the stream of events --------------------------------------------------------------
 
-    async def _stream(self) -> None:
-        hub, checked = self.hub, False
-        while True:
-            with anyio.CancelScope() as self.stream_scope:
-                position, self.restarting = self.position, False
-                async with hub.pubsub.subscribe(self.user_id, since=position) as subscription:
-                    subscription.hand_over(self._live)
-                    if not checked:
-                        # A logout published before the subscription was live is in no
-                        # stream this client reads: ask the session store once it is.
-                        await self._check_session()
-                        checked = True
-                    async for delivery in subscription:
-                        # Replays, repairs and backlog: at the client's pace.
-                        await self.outbox.room(hub.ping_timeout)
-                        hub._forward(delivery, self.session, self.outbox)
-                await anyio.sleep_forever()  # the adapter closed: only a resume restarts
-
     def _live(self, message: Message) -> None:
         # In the task that received the message (the one pub/sub reader, or the
         # publisher): nothing here may wait or raise.
-        if self.state is not _State.STREAMING or self.restarting:
+        if self.state is not _State.STREAMING:
             return
         try:
             self.hub._forward(message, self.session, self.outbox)
         except ClientClosed as exc:
             self.close(exc.code, exc.reason)
+
+    def _wake(self) -> None:
+        """The subscription has something queued: drain it, unless a drain is under way."""
+        if self.drain_scope is not None or self.state is not _State.STREAMING:
+            return
+        subscription = self.subscription
+        if subscription is None or not subscription.pending():
+            return
+        scope = self.drain_scope = anyio.CancelScope()
+
+        async def drain() -> None:
+            await self._drain(subscription, scope)
+
+        self._start(drain)
+
+    async def _drain(self, subscription: Subscription, scope: anyio.CancelScope) -> None:
+        """Forward what the subscription has queued, at the client's pace (a replay is read
+        page by page as the client takes it); end when nothing is left."""
+        hub = self.hub
+        try:
+            with scope:
+                while True:
+                    delivery = await subscription.next_pending()
+                    if delivery is None:
+                        return
+                    await self.outbox.room(hub.ping_timeout)
+                    hub._forward(delivery, self.session, self.outbox)
+        finally:
+            if self.drain_scope is scope:
+                self.drain_scope = None
+                # Queued after the last look (no await since): drain again.
+                if self.subscription is subscription:
+                    self._wake()
+
+    async def _send_queued(self) -> None:
+        assert isinstance(self.outbox, QueuedOutbox) and self.sender_scope is not None
+        with self.sender_scope:
+            await self.outbox.run()
