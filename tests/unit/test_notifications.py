@@ -70,6 +70,13 @@ class FakeClient:
     def unsent(self) -> int:
         return sum(len(f.data) for f in self.held)
 
+    def release(self) -> None:
+        """A stalled (direct) client reads again: it takes what it held, and what comes."""
+        self.stall = False
+        for frame in self.held:
+            self.frames_send.send_nowait(json.loads(frame.text))
+        self.held.clear()
+
     async def receive(self) -> str | bytes | None:
         return await self.to_server.receive()
 
@@ -379,10 +386,13 @@ async def test_shutdown_while_a_client_connects_closes_it_too(pubsub: MemoryPubS
         '{"type": "resume", "epoch": "e", "offset": "seven"}',
         '{"type": "resume", "epoch": "e", "offset": -1}',
         '{"type": "resume", "offset": 1}',
+        '{"type": "resume", "epoch": "e", "offset": ' + "[" * 3000 + "]" * 3000 + "}",
+        '{"type": "resume", "epoch": "e", "offset": 123456789012345678901234567890}',
+        b'{"type": "pong", "x": [1, 2',
     ],
 )
 async def test_bad_client_messages_get_an_error_frame_and_the_socket_stays(
-    hub: NotificationHub, serve: Serve, message: str
+    hub: NotificationHub, serve: Serve, message: str | bytes
 ) -> None:
     client = await serve()
     await client.to_server_send.send(message)
@@ -439,3 +449,84 @@ async def test_backend_failure_before_streaming_closes_with_1011() -> None:
             assert await hub.serve(client, "alice", "s") == CloseCode.INTERNAL
     assert client.closed is not None and client.closed[0] == CloseCode.INTERNAL
     assert hub.stats.connections == 0
+
+
+@pytest.mark.parametrize("message", [b"\xff\xfe", b'{"type": "resume", "epoch": "\xc3"}', "\ud800"])
+async def test_a_message_that_is_not_utf8_closes_with_1007_not_1011(
+    hub: NotificationHub, serve: Serve, message: str | bytes
+) -> None:
+    client = await serve()
+    await client.to_server_send.send(message)
+    assert await client.wait_closed() == (CloseCode.INVALID_DATA, "messages must be UTF-8")
+
+
+async def test_resume_messages_are_rate_limited_per_socket(
+    pubsub: MemoryPubSub,
+) -> None:
+    hub = NotificationHub(pubsub, resume_wait=0.01, resume_burst=3, resume_per_second=0.01)
+    position = await hub.publish("alice", "first")
+    resume = {"type": "resume", "epoch": position.epoch, "offset": 0}
+    client = FakeClient()
+    async with running(hub), anyio.create_task_group() as tasks:
+        tasks.start_soon(hub.serve, client, "alice", "s")
+        await anyio.sleep(0.05)
+        for _ in range(3):  # the burst: each replays the one event
+            await client.say(resume)
+            assert (await client.next())["event"]["type"] == "first"
+        await client.say(resume)
+        refused = await client.next()
+        assert refused["type"] == "error" and refused["code"] == "rate_limited"
+        await hub.publish("alice", "still-here")
+        assert (await client.next())["event"]["type"] == "still-here"
+        tasks.cancel_scope.cancel()
+
+
+async def test_sockets_per_user_are_bounded_with_4029(pubsub: MemoryPubSub) -> None:
+    hub = NotificationHub(pubsub, resume_wait=0.01, max_sockets_per_user=2)
+    first, second, third, other = FakeClient(), FakeClient(), FakeClient(), FakeClient()
+    left = anyio.Event()
+
+    async def serve_first() -> None:
+        await hub.serve(first, "alice", "a")
+        left.set()
+
+    async with running(hub), anyio.create_task_group() as tasks:
+        tasks.start_soon(serve_first)
+        tasks.start_soon(hub.serve, second, "alice", "b")
+        await anyio.sleep(0.05)
+        with anyio.fail_after(3):
+            assert await hub.serve(third, "alice", "c") == CloseCode.TOO_MANY_SOCKETS
+        assert third.closed == (CloseCode.TOO_MANY_SOCKETS, "too many sockets: at most 2 per user")
+        tasks.start_soon(hub.serve, other, "bob", "d")  # another user is not counted with her
+        await first.to_server_send.send(None)  # one leaves: a place is free again
+        with anyio.fail_after(3):
+            await left.wait()
+        again = FakeClient()
+        tasks.start_soon(hub.serve, again, "alice", "e")
+        await anyio.sleep(0.05)
+        await hub.publish("alice", "hello")
+        assert (await again.next())["event"]["type"] == "hello"
+        assert other.closed is None
+        tasks.cancel_scope.cancel()
+
+
+async def test_a_long_replay_is_sent_at_the_clients_pace_not_closed(pubsub: MemoryPubSub) -> None:
+    # 40 events of ~100 bytes (4 KB) behind a 512-byte send buffer: the replay waits for the
+    # client instead of closing it (4008) or holding the history in memory.
+    hub = NotificationHub(pubsub, send_buffer_bytes=512, max_event_bytes=512, resume_wait=0.3)
+    start = await pubsub.position("alice")
+    sent = [await hub.publish("alice", "old", "x" * 60) for _ in range(40)]
+    client = FakeClient()
+    client.stall = FakeClient.kind == "direct"  # a transport that takes nothing for now
+    async with running(hub), anyio.create_task_group() as tasks:
+        await client.say({"type": "resume", "epoch": start.epoch, "offset": 0})
+        tasks.start_soon(hub.serve, client, "alice", "s")
+        if client.stall:
+            await anyio.sleep(0.3)
+            assert 0 < client.unsent() <= 512 + 200, "the replay did not wait for the client"
+            assert client.closed is None
+            client.release()
+        frames = await client.notifications(40)
+        assert [f["offset"] for f in frames] == [p.offset for p in sent]
+        assert client.closed is None
+        tasks.cancel_scope.cancel()
