@@ -44,6 +44,7 @@ class WsClient:
         if resume is not None:
             self.send({"type": "resume", "epoch": resume[0], "offset": resume[1]})
         self.last: tuple[str, int] | None = None
+        self.pings = 0  # application pings answered
 
     def send(self, message: dict[str, Any]) -> None:
         self.connection.send(json.dumps(message))
@@ -54,6 +55,7 @@ class WsClient:
             frame: dict[str, Any] = json.loads(self.connection.recv(timeout=timeout))
             if frame["type"] == "ping":
                 self.send({"type": "pong"})
+                self.pings += 1
                 continue
             if frame["type"] == "notification":
                 self.last = (frame["epoch"], frame["offset"])
