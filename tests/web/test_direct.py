@@ -10,14 +10,17 @@ from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
+from starlette.types import Receive, Scope, Send
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from ondoki.domain.notifications import Frame
 from ondoki.errors import ConfigError
+from ondoki_adapters.web.app import serve_app
 from ondoki_adapters.web.direct import (
     HYPERCORN_SERIES,
+    DirectFrames,
     Underneath,
     check_hypercorn,
     find_transport,
@@ -153,3 +156,12 @@ def test_unsent_is_what_the_transport_holds() -> None:
     assert found is not None
     found.write(Frame(b"abc"))
     assert found.unsent() == len(text_frame(b"abc"))
+
+
+def test_serve_app_wraps_the_whole_app_unless_direct_frames_are_off() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        pass
+
+    wrapped = serve_app(app, direct_frames=True)
+    assert isinstance(wrapped, DirectFrames) and wrapped.app is app
+    assert serve_app(app, direct_frames=False) is app
