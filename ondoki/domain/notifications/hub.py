@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
@@ -233,12 +233,14 @@ class NotificationHub:
         self.stats.connections += 1
         served = _Client(self, client, user_id, session, session_valid)
         try:
+            self._clients.add(served)
             return await served.run()
         except OndokiError as exc:
             # Before streaming (the anchor position): same answer as a failure later on.
             log.warning("closing a client of %s: %s", user_id, exc)
             return CloseCode.INTERNAL, _OUTAGE
         finally:
+            self._clients.discard(served)
             self.stats.connections -= 1
             left = self._sockets[user_id] - 1
             if left:
@@ -246,7 +248,17 @@ class NotificationHub:
             else:
                 del self._sockets[user_id]
 
-    def _forward(self, delivery: Message | Gap, session: str, outbox: Outbox) -> None:
+    def start(self, work: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Start `work` in the hub's task group; False when `run` is not running."""
+        if self._tasks is None:
+            return False
+        self._tasks.start_soon(work)
+        return True
+
+    def forward(self, delivery: Message | Gap, session: str, outbox: Outbox) -> None:
+        """Put what `delivery` means for a client of `session` in its outbox: a
+        notification (one frame per message per process), a resync, or nothing (another
+        session's logout). Raises ClientClosed: the client's own logout, or too slow."""
         if isinstance(delivery, Gap):
             self.stats.resyncs += 1
             position = delivery.position
@@ -283,6 +295,8 @@ class NotificationHub:
 
 
 _OUTAGE = "backend unavailable; reconnect and resume"
+# One ping frame for every client (its wire bytes are kept on it once written).
+_PING_FRAME = Frame(PING)
 
 
 class _State(Enum):
@@ -363,15 +377,14 @@ class _Client:
         hub = self.hub
         direct = isinstance(self.outbox, DirectOutbox)
         hub.stats.direct += direct
-        hub._clients.add(self)
         try:
             with anyio.CancelScope() as self.scope:
                 if hub.closing:  # began while this client was connecting
                     self.close(CloseCode.RESTART, "server shutting down")
-                await self._guarded(self._serve)
+                if self.state is not _State.CLOSED:  # (closed before this scope existed)
+                    await self._guarded(self._serve)
         finally:
             self.close(CloseCode.NORMAL, "")  # ends the side work, if nothing else did
-            hub._clients.discard(self)
             hub.stats.direct -= direct
             self.outbox.close()
         return self.closed
@@ -407,11 +420,11 @@ class _Client:
             self.close(CloseCode.INTERNAL, "internal error; reconnect and resume")
 
     def _start(self, work: Callable[[], Awaitable[None]]) -> None:
-        tasks = self.hub._tasks
-        if tasks is None:  # the hub stopped: so does every client
+        async def side() -> None:
+            await self._side(work)
+
+        if not self.hub.start(side):  # the hub stopped: so does every client
             self.close(CloseCode.RESTART, "server shutting down")
-            return
-        tasks.start_soon(self._side, work)
 
     async def _serve(self) -> None:
         hub = self.hub
@@ -520,7 +533,7 @@ class _Client:
         if self.pong_due == math.inf:  # the oldest unanswered ping keeps its deadline
             self.pong_due = now + self.hub.ping_timeout
         self.ping_due = now + self.hub.ping_interval
-        self.outbox.put(Frame(PING))
+        self.outbox.put(_PING_FRAME)
 
     async def _check_session(self) -> None:
         if self.session_valid is not None and not await self.session_valid():
@@ -534,7 +547,7 @@ class _Client:
         if self.state is not _State.STREAMING:
             return
         try:
-            self.hub._forward(message, self.session, self.outbox)
+            self.hub.forward(message, self.session, self.outbox)
         except ClientClosed as exc:
             self.close(exc.code, exc.reason)
 
@@ -563,7 +576,7 @@ class _Client:
                     if delivery is None:
                         return
                     await self.outbox.room(hub.ping_timeout)
-                    hub._forward(delivery, self.session, self.outbox)
+                    hub.forward(delivery, self.session, self.outbox)
         finally:
             if self.drain_scope is scope:
                 self.drain_scope = None
