@@ -76,6 +76,17 @@ def test_sockets_per_user_are_bounded(start: Start) -> None:
         client.close()
 
 
+@pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
+def test_a_bad_token_is_accepted_then_closed_on_either_loop(
+    start: Start, worker_class: str
+) -> None:
+    server = start("--worker-class", worker_class, ONDOKI_API_KEY=KEY).wait_ready()
+    client = WsClient(server.url, "no-such-session", via="subprotocol")
+    assert client.connection.subprotocol == "ondoki.v1"
+    assert client.closed() == (4001, "session expired")
+    client.close()
+
+
 def test_direct_frames_can_be_turned_off(start: Start) -> None:
     server = memory_server(start, ONDOKI_WS_DIRECT_FRAMES="false")
     client = WsClient(server.url, login(server.url, KEY, "alice"))

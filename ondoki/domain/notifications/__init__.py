@@ -5,7 +5,8 @@
 - `publishing`: `Publisher` checks, encodes and publishes events;
 - `outbox`: a client's frames on their way, bounded in bytes;
 - `hub`: `NotificationHub` serves each connected client (a `ClientConnection` the web adapter
-  makes of an accepted WebSocket) its user's events, resumes and pings;
+  makes of an accepted WebSocket) its user's events, resumes and pings; its `run` (started
+  by the composition root) does the work clients share;
 - `job_events`: job changes as notifications to the job's owner.
 """
 
