@@ -166,6 +166,7 @@ async def check_session_store(settings: Settings, store: SessionStore | None) ->
 
 
 def build_pubsub(settings: Settings) -> PubSub:
+    # A replayed page of history is bounded like a socket's unsent frames.
     if settings.redis_url is None:
         from ondoki_adapters.memory.pubsub import MemoryPubSub
 
@@ -173,6 +174,7 @@ def build_pubsub(settings: Settings) -> PubSub:
             namespace=settings.namespace,
             history_size=settings.history_size,
             history_ttl=settings.history_ttl_seconds,
+            replay_page_bytes=settings.ws_send_buffer_bytes,
         )
     from ondoki_adapters.redis.pubsub import RedisPubSub
 
@@ -182,6 +184,7 @@ def build_pubsub(settings: Settings) -> PubSub:
         history_size=settings.history_size,
         history_ttl=settings.history_ttl_seconds,
         timeout=settings.redis_timeout_seconds,
+        replay_page_bytes=settings.ws_send_buffer_bytes,
     )
 
 
@@ -288,6 +291,9 @@ def hub_for(settings: Settings, pubsub: PubSub) -> NotificationHub:
         ping_interval=settings.ws_ping_interval_seconds,
         ping_timeout=settings.ws_ping_timeout_seconds,
         publisher=publisher_for(settings, pubsub),
+        max_sockets_per_user=settings.ws_max_sockets_per_user,
+        resume_burst=settings.ws_resume_burst,
+        resume_per_second=settings.ws_resumes_per_minute / 60,
     )
 
 
@@ -320,6 +326,7 @@ async def open_services(
             stack.push_async_callback(pubsub.aclose)
         await tasks.start(pubsub.run)
         hub = hub_for(settings, pubsub)
+        await tasks.start(hub.run)
         jobs = build_jobs(settings, kinds or build_kinds(settings), job_callbacks(settings, hub))
         stack.push_async_callback(jobs.aclose)
         if isinstance(jobs, Runnable):

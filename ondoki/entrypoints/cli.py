@@ -119,7 +119,7 @@ async def _serve(settings: Settings, worker_class: str) -> None:
     from hypercorn.config import Config
 
     from ondoki.entrypoints.bootstrap import open_services, resolve_api_key
-    from ondoki_adapters.web.app import create_app
+    from ondoki_adapters.web.app import create_app, serve_app
 
     api_key = resolve_api_key(settings)
     opened: list[Services] = []
@@ -130,7 +130,10 @@ async def _serve(settings: Settings, worker_class: str) -> None:
             opened.append(found)
             yield found
 
-    app = create_app(services, cors_origins=settings.cors_origins)
+    app = serve_app(
+        create_app(services, cors_origins=settings.cors_origins),
+        direct_frames=settings.ws_direct_frames,
+    )
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_grace_seconds

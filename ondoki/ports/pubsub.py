@@ -62,6 +62,24 @@ class Subscription(Protocol):
         """
         ...
 
+    def on_pending(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` (None: stop) whenever something may be queued for iteration (a
+        replay page, a gap, a repair, a live message that could not be handed over), in
+        the task that queued it: it must not block or raise. A consumer that iterates only
+        when told (`next_pending`) needs no task of its own while the subscription is idle.
+        """
+        ...
+
+    def pending(self) -> bool:
+        """Whether iteration has something to do now (`next_pending` would not be None)."""
+        ...
+
+    async def next_pending(self) -> Delivery | None:
+        """What iteration would yield next, or None at once when it would wait (nothing
+        queued; live messages then go to the `hand_over` receiver) or has ended. It may
+        await the backend (reading the next page of history, a repair)."""
+        ...
+
 
 class PubSub(Publishes, Protocol):
     """Publish to named channels; subscribers get every message in order, or are told not.
@@ -74,7 +92,9 @@ class PubSub(Publishes, Protocol):
       can replay.
     - `subscribe(channel, since=None)` delivers messages published after it is open.
       With `since`, it first replays what history holds after `since`, then continues live:
-      no message is missing or repeated at the seam.
+      no message is missing or repeated at the seam. History is read a bounded page at a
+      time, the next page when the subscriber has taken the last one: a subscriber far
+      behind holds one page in memory, never the channel's whole history.
     - When history cannot cover what came after `since` (trimmed, expired, or the epoch
       changed because history was lost), the first delivery is a `Gap` naming the position
       to continue from, never a silent hole. The same holds after a backend outage that a

@@ -103,6 +103,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     notification_batch_max_events: Positive = 1000
     notification_batch_max_bytes: Positive = 1024 * 1024
 
+    # WebSocket limits and direct frames (the notification hub; docs/websocket-limits.md)
+    ws_max_sockets_per_user: Positive = 64
+    ws_resume_burst: Positive = 5
+    ws_resumes_per_minute: Positive = 30
+    ws_direct_frames: bool = True
+
     job_record_ttl_seconds: Seconds = 7 * 86_400.0
     worker_heartbeat_timeout_seconds: Seconds = 60.0
     worker_requeue_interval_seconds: Seconds = 5.0

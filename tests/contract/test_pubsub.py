@@ -712,3 +712,57 @@ async def test_a_broadcast_payload_reaches_every_channel(pubsub: InspectablePubS
 
 async def test_an_empty_batch_publishes_nothing(pubsub: InspectablePubSub) -> None:
     assert await pubsub.publish_many([]) == []
+
+
+# -- replay in pages, and draining without a task --------------------------------------------
+
+
+async def test_a_long_replay_comes_whole_and_in_order_in_small_pages(
+    make_pubsub: PubSubFactory,
+) -> None:
+    async with make_pubsub(replay_page_bytes=100) as pubsub:
+        start = await pubsub.position("paged")
+        blobs = [b"%02d" % n + b"x" * 38 for n in range(30)]  # 40 bytes: two to a page
+        for blob in blobs:
+            await pubsub.publish("paged", blob)
+        async with pubsub.subscribe("paged", since=start) as subscription:
+            assert payloads(await take(subscription, 30)) == blobs
+            await pubsub.publish("paged", b"live")
+            assert payloads(await take(subscription, 1)) == [b"live"]
+
+
+async def test_history_is_read_a_page_at_a_time_as_it_is_taken(
+    make_pubsub: PubSubFactory,
+) -> None:
+    # Read lazily: what is trimmed between two pages is a gap, never held in memory ahead
+    # of the subscriber (a subscriber far behind holds one page, not the whole history).
+    async with make_pubsub(history_size=20, replay_page_bytes=100) as pubsub:
+        start = await pubsub.position("lazy")
+        first = [await pubsub.publish("lazy", b"%02d" % n + b"x" * 38) for n in range(20)]
+        async with pubsub.subscribe("lazy", since=start) as subscription:
+            taken = [await subscription.next_pending() for _ in range(2)]
+            assert [d.position for d in taken if isinstance(d, Message)] == first[:2]
+            later = [await pubsub.publish("lazy", b"later") for _ in range(20)]
+            gap = await subscription.next_pending()
+            assert isinstance(gap, Gap) and gap.position == later[-1]
+            assert await subscription.next_pending() is None  # the live ones were replayed
+
+
+async def test_next_pending_never_waits_and_on_pending_tells_when_to_ask(
+    pubsub: InspectablePubSub,
+) -> None:
+    positions = await publish_numbered(pubsub, "pending", 1, 2)
+    told = anyio.Event()
+    async with pubsub.subscribe("pending", since=positions[0]) as subscription:
+        subscription.on_pending(told.set)
+        assert subscription.pending()
+        got = await subscription.next_pending()
+        assert isinstance(got, Message) and got.payload == b"m2"
+        assert not subscription.pending()
+        assert await subscription.next_pending() is None
+        await pubsub.publish("pending", b"m3")  # nothing handed over: queued, and told
+        with anyio.fail_after(5):
+            await told.wait()
+        assert subscription.pending()
+        got = await subscription.next_pending()
+        assert isinstance(got, Message) and got.payload == b"m3"

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
-from websockets.exceptions import InvalidStatus
 
 from tests.e2e.conftest import Start
 from tests.e2e.process import ServeProcess
@@ -99,12 +98,25 @@ def test_published_on_a_reaches_clients_on_b_in_order_and_only_theirs(
 
 
 @pytest.mark.redis
-def test_auth_before_accept(start: Start, redis_server: RedisServer) -> None:
+def test_auth_failures_are_closes_a_browser_can_read(
+    start: Start, redis_server: RedisServer
+) -> None:
+    # A refused upgrade shows a browser nothing (1006): the upgrade is accepted, with the
+    # subprotocol when offered, then closed with a code and reason it can act on.
     server = start(REDIS_URL=redis_server.url(0), ONDOKI_API_KEY=KEY).wait_ready()
-    for token, via in [("not-a-session", "header"), ("", "subprotocol"), (KEY, "header")]:
-        with pytest.raises(InvalidStatus) as refused:
-            WsClient(server.url, token, via=via)
-        assert refused.value.response.status_code == 403
+    cases = [
+        ("not-a-session", "header", (4001, "session expired")),
+        (KEY, "header", (4001, "session expired")),  # the API key is no session
+        ("", "subprotocol", (4003, "invalid token: offer 'ondoki.v1' and exactly one")),
+        ("", "nothing", (4003, "invalid token: no credentials")),
+    ]
+    for token, via, (code, reason) in cases:
+        client = WsClient(server.url, token, via=via)
+        if via == "subprotocol":
+            assert client.connection.subprotocol == "ondoki.v1"
+        closed_code, closed_reason = client.closed()
+        assert closed_code == code and closed_reason.startswith(reason), (via, closed_reason)
+        client.close()
 
 
 @pytest.mark.redis

@@ -37,13 +37,14 @@ class WsClient:
         }
         if via == "header":
             options["additional_headers"] = {"Authorization": f"Bearer {token}"}
-        else:
+        elif via == "subprotocol":
             options["subprotocols"] = [Subprotocol("ondoki.v1"), Subprotocol(f"bearer.{token}")]
         self._stack = contextlib.ExitStack()
         self.connection: ClientConnection = self._stack.enter_context(connect(url, **options))
         if resume is not None:
             self.send({"type": "resume", "epoch": resume[0], "offset": resume[1]})
         self.last: tuple[str, int] | None = None
+        self.pings = 0  # application pings answered
 
     def send(self, message: dict[str, Any]) -> None:
         self.connection.send(json.dumps(message))
@@ -54,6 +55,7 @@ class WsClient:
             frame: dict[str, Any] = json.loads(self.connection.recv(timeout=timeout))
             if frame["type"] == "ping":
                 self.send({"type": "pong"})
+                self.pings += 1
                 continue
             if frame["type"] == "notification":
                 self.last = (frame["epoch"], frame["offset"])
@@ -67,11 +69,15 @@ class WsClient:
 
     def close_code(self, timeout: float = 10.0) -> int | None:
         """Read until the server closes; its close code."""
+        return self.closed(timeout)[0]
+
+    def closed(self, timeout: float = 10.0) -> tuple[int | None, str]:
+        """Read until the server closes; its close code and reason."""
         try:
             while True:
                 self.connection.recv(timeout=timeout)
         except ConnectionClosed as closed:
-            return closed.rcvd.code if closed.rcvd else None
+            return (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else (None, "")
 
     def close(self) -> None:
         self._stack.close()

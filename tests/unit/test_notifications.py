@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Literal
 
 import anyio
@@ -35,10 +36,12 @@ class FakeClient:
 
     def __init__(self) -> None:
         FakeClient.made.append(self)
-        self.unsent: list[Frame] = []
+        self.held: list[Frame] = []
         self.written: list[Frame] = []
         self.aborted = False
-        self.to_server_send, self.to_server = anyio.create_memory_object_stream[str | None](16)
+        self.to_server_send, self.to_server = anyio.create_memory_object_stream[str | bytes | None](
+            16
+        )
         self.frames_send, self.frames = anyio.create_memory_object_stream[dict[str, Any]](10_000)
         self.stalled = anyio.Event()
         self.stall = False
@@ -53,21 +56,28 @@ class FakeClient:
         self.written.append(frame)
         await self.frames_send.send(json.loads(frame.text))
 
-    def writer(self) -> Callable[[Frame], int] | None:
-        if self.kind == "queued":
-            return None
+    def writer(self) -> FakeClient | None:
+        return None if self.kind == "queued" else self
 
-        def write(frame: Frame) -> int:
-            self.written.append(frame)
-            if self.stall:
-                self.unsent.append(frame)
-            else:
-                self.frames_send.send_nowait(json.loads(frame.text))
-            return sum(len(f.data) for f in self.unsent)
+    def write(self, frame: Frame) -> int:
+        self.written.append(frame)
+        if self.stall:
+            self.held.append(frame)
+        else:
+            self.frames_send.send_nowait(json.loads(frame.text))
+        return self.unsent()
 
-        return write
+    def unsent(self) -> int:
+        return sum(len(f.data) for f in self.held)
 
-    async def receive(self) -> str | None:
+    def release(self) -> None:
+        """A stalled (direct) client reads again: it takes what it held, and what comes."""
+        self.stall = False
+        for frame in self.held:
+            self.frames_send.send_nowait(json.loads(frame.text))
+        self.held.clear()
+
+    async def receive(self) -> str | bytes | None:
         return await self.to_server.receive()
 
     async def close(self, code: int, reason: str = "") -> None:
@@ -125,10 +135,18 @@ async def pubsub() -> AsyncIterator[MemoryPubSub]:
 Serve = Callable[..., Awaitable[FakeClient]]
 
 
+@asynccontextmanager
+async def running(hub: NotificationHub) -> AsyncIterator[NotificationHub]:
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(hub.run)
+        yield hub
+        tasks.cancel_scope.cancel()
+
+
 @pytest.fixture
-async def hub(pubsub: MemoryPubSub) -> NotificationHub:
+async def hub(pubsub: MemoryPubSub) -> AsyncIterator[NotificationHub]:
     # About six frames of a few dozen bytes may wait for a client.
-    return NotificationHub(
+    hub = NotificationHub(
         pubsub,
         send_buffer_bytes=512,
         max_event_bytes=512,
@@ -136,6 +154,8 @@ async def hub(pubsub: MemoryPubSub) -> NotificationHub:
         ping_interval=60,
         close_timeout=0.2,
     )
+    async with running(hub):
+        yield hub
 
 
 @pytest.fixture
@@ -286,7 +306,7 @@ async def test_a_message_is_one_frame_for_every_local_client(
 async def test_no_pong_closes_and_pong_keeps_open(pubsub: MemoryPubSub) -> None:
     hub = NotificationHub(pubsub, resume_wait=0.01, ping_interval=0.05, ping_timeout=0.1)
     silent, polite = FakeClient(), FakeClient()
-    async with anyio.create_task_group() as tasks:
+    async with running(hub), anyio.create_task_group() as tasks:
         tasks.start_soon(hub.serve, silent, "alice", "a")
         tasks.start_soon(hub.serve, polite, "alice", "b")
         with anyio.fail_after(3):
@@ -300,14 +320,35 @@ async def test_no_pong_closes_and_pong_keeps_open(pubsub: MemoryPubSub) -> None:
 
 async def test_expired_session_is_closed_at_the_next_ping(pubsub: MemoryPubSub) -> None:
     hub = NotificationHub(pubsub, resume_wait=0.01, ping_interval=0.05)
+    answers = [True]  # valid when the subscription starts, then expired
 
-    async def invalid() -> bool:
+    async def valid() -> bool:
+        return answers.pop() if answers else False
+
+    client = FakeClient()
+    async with running(hub):
+        with anyio.fail_after(3):
+            code = await hub.serve(client, "alice", "s", session_valid=valid)
+    assert code == CloseCode.SESSION_ENDED
+    assert not any(frame.data == b'{"type":"ping"}' for frame in client.written)
+
+
+async def test_a_logout_before_the_subscription_starts_is_not_missed(
+    pubsub: MemoryPubSub,
+) -> None:
+    # The logout marker went out between accept and the subscription (no stream holds it
+    # for this client): the session is asked again once the subscription is live.
+    hub = NotificationHub(pubsub, resume_wait=0.01, ping_interval=60)
+
+    async def ended() -> bool:
         return False
 
     client = FakeClient()
-    with anyio.fail_after(3):
-        code = await hub.serve(client, "alice", "s", session_valid=invalid)
+    async with running(hub):
+        with anyio.fail_after(3):
+            code = await hub.serve(client, "alice", "s", session_valid=ended)
     assert code == CloseCode.SESSION_ENDED
+    assert client.closed == (CloseCode.SESSION_ENDED, "session ended")
 
 
 async def test_logout_closes_only_that_sessions_sockets(hub: NotificationHub, serve: Serve) -> None:
@@ -330,7 +371,7 @@ async def test_shutdown_closes_every_client_with_1012(hub: NotificationHub, serv
 async def test_shutdown_while_a_client_connects_closes_it_too(pubsub: MemoryPubSub) -> None:
     hub = NotificationHub(pubsub, resume_wait=0.3, ping_interval=60)
     client = FakeClient()
-    async with anyio.create_task_group() as tasks:
+    async with running(hub), anyio.create_task_group() as tasks:
         tasks.start_soon(hub.serve, client, "alice", "s")
         await anyio.sleep(0.05)  # inside the resume window, before streaming
         hub.close_all()
@@ -345,10 +386,13 @@ async def test_shutdown_while_a_client_connects_closes_it_too(pubsub: MemoryPubS
         '{"type": "resume", "epoch": "e", "offset": "seven"}',
         '{"type": "resume", "epoch": "e", "offset": -1}',
         '{"type": "resume", "offset": 1}',
+        '{"type": "resume", "epoch": "e", "offset": ' + "[" * 3000 + "]" * 3000 + "}",
+        '{"type": "resume", "epoch": "e", "offset": 123456789012345678901234567890}',
+        b'{"type": "pong", "x": [1, 2',
     ],
 )
 async def test_bad_client_messages_get_an_error_frame_and_the_socket_stays(
-    hub: NotificationHub, serve: Serve, message: str
+    hub: NotificationHub, serve: Serve, message: str | bytes
 ) -> None:
     client = await serve()
     await client.to_server_send.send(message)
@@ -400,7 +444,89 @@ class BrokenPubSub(MemoryPubSub):
 async def test_backend_failure_before_streaming_closes_with_1011() -> None:
     hub = NotificationHub(BrokenPubSub(), resume_wait=0.01)
     client = FakeClient()
-    with anyio.fail_after(3):
-        assert await hub.serve(client, "alice", "s") == CloseCode.INTERNAL
+    async with running(hub):
+        with anyio.fail_after(3):
+            assert await hub.serve(client, "alice", "s") == CloseCode.INTERNAL
     assert client.closed is not None and client.closed[0] == CloseCode.INTERNAL
     assert hub.stats.connections == 0
+
+
+@pytest.mark.parametrize("message", [b"\xff\xfe", b'{"type": "resume", "epoch": "\xc3"}', "\ud800"])
+async def test_a_message_that_is_not_utf8_closes_with_1007_not_1011(
+    hub: NotificationHub, serve: Serve, message: str | bytes
+) -> None:
+    client = await serve()
+    await client.to_server_send.send(message)
+    assert await client.wait_closed() == (CloseCode.INVALID_DATA, "messages must be UTF-8")
+
+
+async def test_resume_messages_are_rate_limited_per_socket(
+    pubsub: MemoryPubSub,
+) -> None:
+    hub = NotificationHub(pubsub, resume_wait=0.01, resume_burst=3, resume_per_second=0.01)
+    position = await hub.publish("alice", "first")
+    resume = {"type": "resume", "epoch": position.epoch, "offset": 0}
+    client = FakeClient()
+    async with running(hub), anyio.create_task_group() as tasks:
+        tasks.start_soon(hub.serve, client, "alice", "s")
+        await anyio.sleep(0.05)
+        for _ in range(3):  # the burst: each replays the one event
+            await client.say(resume)
+            assert (await client.next())["event"]["type"] == "first"
+        await client.say(resume)
+        refused = await client.next()
+        assert refused["type"] == "error" and refused["code"] == "rate_limited"
+        await hub.publish("alice", "still-here")
+        assert (await client.next())["event"]["type"] == "still-here"
+        tasks.cancel_scope.cancel()
+
+
+async def test_sockets_per_user_are_bounded_with_4029(pubsub: MemoryPubSub) -> None:
+    hub = NotificationHub(pubsub, resume_wait=0.01, max_sockets_per_user=2)
+    first, second, third, other = FakeClient(), FakeClient(), FakeClient(), FakeClient()
+    left = anyio.Event()
+
+    async def serve_first() -> None:
+        await hub.serve(first, "alice", "a")
+        left.set()
+
+    async with running(hub), anyio.create_task_group() as tasks:
+        tasks.start_soon(serve_first)
+        tasks.start_soon(hub.serve, second, "alice", "b")
+        await anyio.sleep(0.05)
+        with anyio.fail_after(3):
+            assert await hub.serve(third, "alice", "c") == CloseCode.TOO_MANY_SOCKETS
+        assert third.closed == (CloseCode.TOO_MANY_SOCKETS, "too many sockets: at most 2 per user")
+        tasks.start_soon(hub.serve, other, "bob", "d")  # another user is not counted with her
+        await first.to_server_send.send(None)  # one leaves: a place is free again
+        with anyio.fail_after(3):
+            await left.wait()
+        again = FakeClient()
+        tasks.start_soon(hub.serve, again, "alice", "e")
+        await anyio.sleep(0.05)
+        await hub.publish("alice", "hello")
+        assert (await again.next())["event"]["type"] == "hello"
+        assert other.closed is None
+        tasks.cancel_scope.cancel()
+
+
+async def test_a_long_replay_is_sent_at_the_clients_pace_not_closed(pubsub: MemoryPubSub) -> None:
+    # 40 events of ~100 bytes (4 KB) behind a 512-byte send buffer: the replay waits for the
+    # client instead of closing it (4008) or holding the history in memory.
+    hub = NotificationHub(pubsub, send_buffer_bytes=512, max_event_bytes=512, resume_wait=0.3)
+    start = await pubsub.position("alice")
+    sent = [await hub.publish("alice", "old", "x" * 60) for _ in range(40)]
+    client = FakeClient()
+    client.stall = FakeClient.kind == "direct"  # a transport that takes nothing for now
+    async with running(hub), anyio.create_task_group() as tasks:
+        await client.say({"type": "resume", "epoch": start.epoch, "offset": 0})
+        tasks.start_soon(hub.serve, client, "alice", "s")
+        if client.stall:
+            await anyio.sleep(0.3)
+            assert 0 < client.unsent() <= 512 + 200, "the replay did not wait for the client"
+            assert client.closed is None
+            client.release()
+        frames = await client.notifications(40)
+        assert [f["offset"] for f in frames] == [p.offset for p in sent]
+        assert client.closed is None
+        tasks.cancel_scope.cancel()

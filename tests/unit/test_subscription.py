@@ -24,7 +24,7 @@ class _History(BufferedSubscription):
         self.repairs += 1
         self._stale = False
         entries = list(enumerate(self.history, start=1))
-        self._ready.extend(self._cursor.catch_up("e", len(self.history), entries))
+        self._queue_ready(self._cursor.catch_up("e", len(self.history), entries), len(entries))
 
 
 def message(offset: int) -> Message:

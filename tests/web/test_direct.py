@@ -10,12 +10,23 @@ from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
+from starlette.types import Receive, Scope, Send
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from ondoki.domain.notifications import Frame
-from ondoki_adapters.web.direct import Underneath, find_transport, text_frame, writer
+from ondoki.errors import ConfigError
+from ondoki_adapters.web.app import serve_app
+from ondoki_adapters.web.direct import (
+    HYPERCORN_SERIES,
+    DirectFrames,
+    Underneath,
+    check_hypercorn,
+    find_transport,
+    text_frame,
+    writer,
+)
 
 
 def parse_as_client(data: bytes) -> list[tuple[Opcode, str]]:
@@ -60,11 +71,11 @@ class FakeTransport:
 
 
 def accepted(transport: FakeTransport) -> tuple[Callable[[Frame], int | None], Connection]:
-    """A direct writer over `transport`, as for a WebSocket hypercorn has accepted."""
+    """A direct writer's `write` over `transport`, as for a WebSocket hypercorn accepted."""
     connection = Connection(ConnectionType.SERVER)
-    write = writer(Underneath(SimpleNamespace(connection=connection), transport))
-    assert write is not None
-    return write, connection
+    found = writer(Underneath(SimpleNamespace(connection=connection), transport))
+    assert found is not None
+    return found.write, connection
 
 
 def test_a_frame_is_encoded_once_for_every_connection() -> None:
@@ -123,3 +134,34 @@ def test_wsproto_sees_a_close_frame_after_direct_frames() -> None:
         (Opcode.TEXT, "last"),
         (Opcode.CLOSE, (1012, "restart")),
     ]
+
+
+def test_the_installed_hypercorn_is_the_series_direct_frames_follow() -> None:
+    # Fails loudly on a hypercorn upgrade: re-check find_transport's path, then the series.
+    check_hypercorn()
+    assert HYPERCORN_SERIES == "0.18"
+
+
+@pytest.mark.parametrize("installed", ["0.19.0", "0.17.3", "1.18.0"])
+def test_another_hypercorn_series_is_refused_naming_the_setting(installed: str) -> None:
+    with pytest.raises(ConfigError, match=r"ONDOKI_WS_DIRECT_FRAMES.*hypercorn"):
+        check_hypercorn(installed)
+
+
+def test_unsent_is_what_the_transport_holds() -> None:
+    transport = FakeTransport()
+    found = writer(
+        Underneath(SimpleNamespace(connection=Connection(ConnectionType.SERVER)), transport)
+    )
+    assert found is not None
+    found.write(Frame(b"abc"))
+    assert found.unsent() == len(text_frame(b"abc"))
+
+
+def test_serve_app_wraps_the_whole_app_unless_direct_frames_are_off() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        pass
+
+    wrapped = serve_app(app, direct_frames=True)
+    assert isinstance(wrapped, DirectFrames) and wrapped.app is app
+    assert serve_app(app, direct_frames=False) is app

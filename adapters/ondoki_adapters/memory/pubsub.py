@@ -15,8 +15,11 @@ from anyio.abc import TaskStatus
 from ondoki.adapterkit.cursor import Cursor
 from ondoki.adapterkit.subscription import BufferedSubscription
 from ondoki.errors import InvalidInput, PubSubError
-from ondoki.models import Delivery, Gap, Message, Position, PubSubStats
+from ondoki.models import Gap, Message, Position, PubSubStats
 from ondoki.ports.pubsub import Publication
+
+#: The most entries one page of replayed history holds (besides its byte bound).
+PAGE_ENTRIES = 256
 
 
 class _History:
@@ -30,8 +33,18 @@ class _History:
         # Oldest first; every key lives the same TTL, so expired ones are at the front.
         self.idempotency: OrderedDict[str, tuple[Position, float]] = OrderedDict()
 
-    def after(self, offset: int) -> list[tuple[int, bytes]]:
-        return [entry for entry in self.messages if entry[0] > offset]
+    def after(self, offset: int, page_bytes: int) -> list[tuple[int, bytes]]:
+        """The entries after `offset`, as many as fit in `page_bytes` (at least one)."""
+        page: list[tuple[int, bytes]] = []
+        size = 0
+        for entry in self.messages:
+            if entry[0] <= offset:
+                continue
+            size += len(entry[1])
+            if page and (size > page_bytes or len(page) >= PAGE_ENTRIES):
+                break
+            page.append(entry)
+        return page
 
     def seen(self, key: str, now: float) -> Position | None:
         while self.idempotency:
@@ -54,21 +67,25 @@ class _Counters:
 class _MemorySubscription(BufferedSubscription):
     """One subscriber's view; history is read in process, so a repair never waits."""
 
-    def __init__(
-        self, pubsub: MemoryPubSub, cursor: Cursor, replay: list[Delivery], counters: _Counters
-    ) -> None:
+    def __init__(self, pubsub: MemoryPubSub, cursor: Cursor, counters: _Counters) -> None:
         super().__init__(cursor, pubsub.buffer)
         self._pubsub = pubsub
         self._counters = counters
-        self._ready.extend(replay)
+
+    def read_page(self, *, repair: bool = False) -> None:
+        """Queue the next page of history after the cursor (`repair`: count what it
+        refills, for `stats`)."""
+        cursor = self._cursor
+        epoch, latest, entries = self._pubsub._snapshot(cursor.channel, cursor)
+        deliveries = cursor.catch_up(epoch, latest, entries)
+        if repair:
+            self._counters.repaired += sum(isinstance(d, Message) for d in deliveries)
+            self._counters.unrepaired_gaps += sum(isinstance(d, Gap) for d in deliveries)
+        self._queue_ready(deliveries, latest)
 
     async def _repair(self) -> None:
         self._stale = False
-        cursor = self._cursor
-        repaired = cursor.catch_up(*self._pubsub._snapshot(cursor.channel, cursor))
-        self._counters.repaired += sum(isinstance(d, Message) for d in repaired)
-        self._counters.unrepaired_gaps += sum(isinstance(d, Gap) for d in repaired)
-        self._ready.extend(repaired)
+        self.read_page(repair=True)
 
 
 class MemoryPubSub:
@@ -77,7 +94,9 @@ class MemoryPubSub:
     Each channel keeps its last `history_size` messages; its whole state (epoch, history,
     idempotency keys) expires `history_ttl` seconds after the last publish, and the next
     publish then starts a new epoch at offset 1. Each subscription buffers up to `buffer`
-    live messages; a subscriber that falls further behind is refilled from history.
+    live messages; a subscriber that falls further behind is refilled from history. History
+    is replayed in pages of at most `replay_page_bytes` of payloads (and `PAGE_ENTRIES`
+    entries), each read when the subscriber has taken the one before.
     """
 
     def __init__(
@@ -88,9 +107,13 @@ class MemoryPubSub:
         history_ttl: float = 3600.0,
         buffer: int = 1024,
         clock: Callable[[], float] = time.monotonic,
+        replay_page_bytes: int = 256 * 1024,
     ) -> None:
         if history_size < 1 or buffer < 1 or not history_ttl > 0:
             raise ValueError("history_size, history_ttl and buffer must be positive")
+        if replay_page_bytes < 1:
+            raise ValueError("replay_page_bytes must be positive")
+        self.replay_page_bytes = replay_page_bytes
         self.namespace = namespace
         self.history_size = history_size
         self.history_ttl = history_ttl
@@ -126,8 +149,8 @@ class MemoryPubSub:
     def _snapshot(self, channel: str, cursor: Cursor) -> tuple[str, int, list[tuple[int, bytes]]]:
         history = self._history(channel)
         # A changed epoch is read from its start (see Cursor.catch_up).
-        entries = history.after(cursor.offset if history.epoch == cursor.epoch else 0)
-        return history.epoch, history.offset, entries
+        offset = cursor.offset if history.epoch == cursor.epoch else 0
+        return history.epoch, history.offset, history.after(offset, self.replay_page_bytes)
 
     def _end_subscriptions(self) -> None:
         for subscriptions in self._subscribers.values():
@@ -195,12 +218,14 @@ class MemoryPubSub:
         await anyio.lowlevel.checkpoint()
         history = self._history(channel)
         if since is None:
-            cursor = Cursor(channel, history.epoch, history.offset)
-            replay: list[Delivery] = []
+            subscription = _MemorySubscription(
+                self, Cursor(channel, history.epoch, history.offset), self._counters
+            )
         else:
-            cursor = Cursor(channel, since.epoch, since.offset)
-            replay = cursor.catch_up(*self._snapshot(channel, cursor))
-        subscription = _MemorySubscription(self, cursor, replay, self._counters)
+            subscription = _MemorySubscription(
+                self, Cursor(channel, since.epoch, since.offset), self._counters
+            )
+            subscription.read_page()
         self._subscribers.setdefault(channel, set()).add(subscription)
         try:
             yield subscription

@@ -45,8 +45,10 @@ T = TypeVar("T")
 log = logging.getLogger("ondoki.pubsub")
 
 # KEYS: meta, history. ARGV: candidate epoch, ttl (ms), the caller's epoch ('' for none),
-# first offset wanted. Returns {epoch, latest offset, entries from that offset if the epoch
-# matches, or from offset 1 if it changed; none for the '' epoch}. A channel without state gets its epoch here, like MemoryPubSub.
+# first offset wanted, most entries, most payload bytes. Returns {epoch, latest offset, one
+# page of entries from that offset if the epoch matches, or from offset 1 if it changed
+# (none for the '' epoch)}: at most that many entries, and no more payload bytes than that
+# (but at least one entry). A channel without state gets its epoch here, like MemoryPubSub.
 _READ = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -56,17 +58,30 @@ if not epoch then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 local latest = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
-local entries = {}
+local first = nil
 if ARGV[3] == '' then
   -- A fresh subscription only needs the position.
 elseif epoch ~= ARGV[3] then
   -- A changed epoch is read from its start (see ondoki.adapterkit.cursor.Cursor.catch_up).
-  entries = redis.call('XRANGE', KEYS[2], '0-1', '+')
+  first = '0-1'
 elseif tonumber(ARGV[4]) <= latest then
-  entries = redis.call('XRANGE', KEYS[2], '0-' .. ARGV[4], '+')
+  first = '0-' .. ARGV[4]
+end
+local entries = {}
+if first then
+  local found = redis.call('XRANGE', KEYS[2], first, '+', 'COUNT', ARGV[5])
+  local size, limit = 0, tonumber(ARGV[6])
+  for i, entry in ipairs(found) do
+    size = size + #entry[2][2]
+    if i > 1 and size > limit then break end
+    entries[i] = entry
+  end
 end
 return {epoch, latest, entries}
 """
+
+# The most entries one page of replayed history holds (besides its byte bound).
+PAGE_ENTRIES = 256
 
 _decode_envelope = msgspec.msgpack.Decoder(tuple[str, int, bytes]).decode
 
@@ -135,8 +150,11 @@ class _RedisSubscription(BufferedSubscription):
             self._cursor = Cursor(name, epoch, latest)
         else:
             self._cursor = Cursor(name, since.epoch, since.offset)
-            snapshot = await pubsub._read(name, since.epoch, since.offset)
-            self._ready.extend(self._cursor.catch_up(*snapshot))
+            epoch, latest, entries = await pubsub._read(name, since.epoch, since.offset)
+            if drops == self._drops:
+                self._stale = False
+            self._queue_ready(self._cursor.catch_up(epoch, latest, entries), latest)
+            return
         if drops == self._drops:
             self._stale = False
 
@@ -157,7 +175,7 @@ class _RedisSubscription(BufferedSubscription):
         repaired = cursor.catch_up(*snapshot)
         self._counters.repaired += sum(isinstance(d, Message) for d in repaired)
         self._counters.unrepaired_gaps += sum(isinstance(d, Gap) for d in repaired)
-        self._ready.extend(repaired)
+        self._queue_ready(repaired, snapshot[1])
 
 
 class RedisPubSub:
@@ -170,6 +188,9 @@ class RedisPubSub:
     `health_timeout` counts as a lost connection) and reconnects with jittered backoff up
     to `reconnect_max` seconds between attempts. After a reconnect each subscription reads
     history from its last delivered offset, or yields a `Gap` when history cannot cover it.
+
+    History is replayed in pages of at most `replay_page_bytes` of payloads (and
+    `PAGE_ENTRIES` entries), each read when the subscriber has taken the one before.
 
     `timeout` bounds connecting and how long `subscribe` waits for the server to confirm.
     Publishing without an idempotency key is never retried (a lost reply could mean it was
@@ -191,6 +212,7 @@ class RedisPubSub:
         health_interval: float = 5.0,
         health_timeout: float = 3.0,
         reconnect_max: float = 2.0,
+        replay_page_bytes: int = 256 * 1024,
     ) -> None:
         if history_size < 1 or buffer < 1 or not history_ttl > 0:
             raise ValueError("history_size, history_ttl and buffer must be positive")
@@ -214,6 +236,9 @@ class RedisPubSub:
         self.health_interval = health_interval
         self.health_timeout = health_timeout
         self.reconnect_max = reconnect_max
+        if replay_page_bytes < 1:
+            raise ValueError("replay_page_bytes must be positive")
+        self.replay_page_bytes = replay_page_bytes
         self._counters = _Counters()
         self._ttl_ms = milliseconds(history_ttl)
         self.channels = RedisChannels(
@@ -254,9 +279,17 @@ class RedisPubSub:
     async def _read(
         self, channel: str, epoch: str | None, offset: int
     ) -> tuple[str, int, list[tuple[int, bytes]]]:
-        """The channel's epoch, latest offset, and (in `epoch`) the history after `offset`."""
+        """The channel's epoch, latest offset, and (in `epoch`) one page of the history after
+        `offset`."""
         keys = [self._key("meta", channel), self._key("history", channel)]
-        args: list[str | int] = [secrets.token_hex(8), self._ttl_ms, epoch or "", offset + 1]
+        args: list[str | int] = [
+            secrets.token_hex(8),
+            self._ttl_ms,
+            epoch or "",
+            offset + 1,
+            PAGE_ENTRIES,
+            self.replay_page_bytes,
+        ]
         reply = await self._call(
             f"pubsub read {channel!r}", lambda: self._read_script(keys=keys, args=args)
         )

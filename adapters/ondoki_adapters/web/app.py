@@ -21,7 +21,7 @@ from ondoki.entrypoints.services import Services
 from ondoki_adapters.web import admin
 from ondoki_adapters.web.auth import has_api_key
 from ondoki_adapters.web.cors import cors_middleware
-from ondoki_adapters.web.direct import DirectFrames
+from ondoki_adapters.web.direct import DirectFrames, check_hypercorn
 from ondoki_adapters.web.http import (
     MalformedBody,
     UnsupportedMediaType,
@@ -152,10 +152,9 @@ def create_app(open_services: ServicesFactory, *, cors_origins: Sequence[str] = 
     metrics = MetricsEndpoint(registry)
     return Starlette(
         routes=[*routes, *admin.routes, Route("/metrics", metrics.handle, methods=["GET"])],
-        # DirectFrames first: it needs the server's own `send`, unwrapped. CORS next, so that
-        # error responses carry its headers too (a browser hides a response without them).
+        # CORS first, so that error responses carry its headers too (a browser hides a
+        # response without them). DirectFrames wraps the whole app (`serve_app`).
         middleware=[
-            Middleware(DirectFrames),
             *cors_middleware(cors_origins),
             Middleware(RequestContext, metrics=HttpMetrics(registry)),
             Middleware(RefuseCleartextHttp2),
@@ -167,3 +166,14 @@ def create_app(open_services: ServicesFactory, *, cors_origins: Sequence[str] = 
             Exception: _unexpected,
         },
     )
+
+
+def serve_app(app: ASGIApp, *, direct_frames: bool) -> ASGIApp:
+    """What `ondoki serve` hands hypercorn: `app`, wrapped (outside everything, where it
+    sees hypercorn's own `send`) so that WebSocket frames go straight to the transport
+    unless `direct_frames` is off (ONDOKI_WS_DIRECT_FRAMES). Raises ConfigError when on
+    with a hypercorn whose internals it does not know."""
+    if not direct_frames:
+        return app
+    check_hypercorn()
+    return DirectFrames(app)

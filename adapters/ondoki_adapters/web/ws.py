@@ -1,14 +1,19 @@
-"""`GET /ws`: authenticate before accepting, then hand the socket to the notification hub."""
+"""`GET /ws`: accept, authenticate, then hand the socket to the notification hub.
+
+The upgrade is always accepted (with the `ondoki.v1` subprotocol when offered) before any
+check, so that a browser, which sees nothing of a refused upgrade, gets a close code and a
+reason: 4003 for missing or malformed credentials, 4001 for an unknown or expired session,
+1011 during a backend outage, 1012 during shutdown (see docs/websocket-limits.md).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from ondoki.domain.notifications import CloseCode, Frame
+from ondoki.domain.notifications import ClientClosed, CloseCode, Frame
 from ondoki.domain.sessions import session_id
 from ondoki.errors import BackendError, Unauthorized
 from ondoki_adapters.web import direct
@@ -18,10 +23,13 @@ log = logging.getLogger("ondoki.web")
 
 SUBPROTOCOL = "ondoki.v1"
 _BEARER_PREFIX = "bearer."
+_OUTAGE = "backend unavailable; reconnect and resume"
 
 
 class _Socket:
     """A Starlette WebSocket as the hub's `ClientConnection`."""
+
+    __slots__ = ("max_bytes", "websocket")
 
     def __init__(self, websocket: WebSocket, max_bytes: int) -> None:
         self.websocket = websocket
@@ -30,7 +38,7 @@ class _Socket:
     async def send(self, frame: Frame) -> None:
         await self.websocket.send_text(frame.text)
 
-    def writer(self) -> Callable[[Frame], int | None] | None:
+    def writer(self) -> direct.DirectWriter | None:
         found = self.websocket.scope.get(direct.SCOPE_KEY)
         return None if found is None else direct.writer(found)
 
@@ -39,18 +47,19 @@ class _Socket:
         if found is not None:
             found.transport.abort()
 
-    async def receive(self) -> str | None:
+    async def receive(self) -> str | bytes | None:
         message = await self.websocket.receive()
         if message["type"] == "websocket.disconnect":
             return None
-        text = message.get("text")
-        if text is None:
-            text = (message.get("bytes") or b"").decode("utf-8", "replace")
-        if len(text) > self.max_bytes:
-            # Hypercorn already refuses frames past its own limit; this is the app's cap.
-            await self.close(CloseCode.TOO_BIG, f"messages are limited to {self.max_bytes} bytes")
-            return None
-        return str(text)
+        data: str | bytes | None = message.get("text")
+        if data is None:
+            data = message.get("bytes") or b""
+        # The limit counts bytes, as documented: the server's own frame limit counts
+        # characters of text (up to four bytes each). A character is at most four bytes,
+        # so short text needs no encoding to be measured.
+        if len(data) * 4 > self.max_bytes and _size(data) > self.max_bytes:
+            raise ClientClosed(CloseCode.TOO_BIG, f"messages are limited to {self.max_bytes} bytes")
+        return data
 
     async def close(self, code: int, reason: str = "") -> None:
         if self.websocket.application_state == WebSocketState.DISCONNECTED:
@@ -60,18 +69,28 @@ class _Socket:
             await self.websocket.close(code, reason)
 
 
-def _credentials(websocket: WebSocket) -> tuple[str | None, str | None]:
-    """(token, subprotocol to accept with), from the header or the subprotocol pair."""
+def _size(data: str | bytes) -> int:
+    if isinstance(data, bytes):
+        return len(data)
+    if data.isascii():
+        return len(data)
+    return len(data.encode("utf-8", "surrogatepass"))
+
+
+def _credentials(websocket: WebSocket) -> tuple[str | None, str]:
+    """(token, or None with what is wrong with the credentials)."""
     if "authorization" in websocket.headers:
         try:
-            return bearer(websocket), None
-        except Unauthorized:  # malformed: refused like no credentials at all
-            return None, None
+            return bearer(websocket), ""
+        except Unauthorized:
+            return None, "malformed Authorization header"
     offered = websocket.scope.get("subprotocols") or []
     tokens = [p[len(_BEARER_PREFIX) :] for p in offered if p.startswith(_BEARER_PREFIX)]
-    if SUBPROTOCOL in offered and len(tokens) == 1 and tokens[0]:
-        return tokens[0], SUBPROTOCOL
-    return None, None
+    if not tokens:
+        return None, "no credentials"
+    if SUBPROTOCOL not in offered or len(tokens) != 1 or not tokens[0]:
+        return None, f"offer {SUBPROTOCOL!r} and exactly one bearer.<token> subprotocol"
+    return tokens[0], ""
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -86,23 +105,23 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 async def _websocket(websocket: WebSocket) -> None:
     found = services(websocket)
-    token, subprotocol = _credentials(websocket)
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    socket = _Socket(websocket, found.settings.ws_max_message_bytes)
+    token, problem = _credentials(websocket)
     if token is None:
-        await websocket.close(CloseCode.POLICY, "missing credentials")
+        await socket.close(CloseCode.INVALID_TOKEN, f"invalid token: {problem}")
         return
     try:
         session, _ = await found.sessions.get(token)
     except Unauthorized:
-        await websocket.close(CloseCode.POLICY, "unknown or expired session")
+        # An unknown token cannot be told from an expired one: either way, get a new one.
+        await socket.close(CloseCode.SESSION_ENDED, "session expired")
         return
     except BackendError as exc:
-        log.warning("refusing a WebSocket: %s", exc)
-        await websocket.close(CloseCode.INTERNAL, "backend unavailable")
+        log.warning("closing a new WebSocket: %s", exc)
+        await socket.close(CloseCode.INTERNAL, _OUTAGE)
         return
-    if found.notifications.closing:
-        await websocket.close(CloseCode.RESTART, "server shutting down")
-        return
-    await websocket.accept(subprotocol=subprotocol)
 
     async def session_valid() -> bool:
         try:
@@ -113,7 +132,6 @@ async def _websocket(websocket: WebSocket) -> None:
             return True  # an outage is not a logout; the pub/sub side reports it
         return True
 
-    socket = _Socket(websocket, found.settings.ws_max_message_bytes)
     await found.notifications.serve(
         socket, session.user_id, session_id(token), session_valid=session_valid
     )

@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
-from ondoki.domain.notifications.protocol import CloseCode, Frame
+from ondoki.domain.notifications.protocol import ClientClosed, CloseCode, Frame
 
 if TYPE_CHECKING:
     from ondoki.domain.notifications.hub import ClientConnection, HubStats
 
+# How often a stream waiting for its client to take what it holds looks again (only while
+# a replay is ahead of the client; live frames never wait).
+_ROOM_POLL = 0.01
 
-class ClientClosed(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+
+class FrameWriter(Protocol):
+    """Hands frames to a transport at once, never waiting (see `ClientConnection.writer`)."""
+
+    def write(self, frame: Frame) -> int | None:
+        """Write one frame; the bytes the connection then holds unsent (None: not written,
+        the connection is closing)."""
+        ...
+
+    def unsent(self) -> int:
+        """The bytes the connection holds unsent."""
+        ...
 
 
 class Outbox(ABC):
@@ -45,6 +54,25 @@ class Outbox(ABC):
     def close(self) -> None:
         """Drop what is still queued."""
 
+    @abstractmethod
+    def unsent(self) -> int:
+        """The bytes waiting for the client."""
+
+    async def room(self, within: float) -> None:
+        """Wait until the client has taken enough that what waits is within the limit;
+        raises ClientClosed (too slow) if that takes longer than `within` seconds.
+
+        A replay waits here between frames, so history is read and sent at the client's
+        pace, holding at most the limit unsent, instead of closing the client."""
+        if self.unsent() <= self.limit:
+            return
+        with anyio.move_on_after(within):
+            # A transport says nothing when its buffer drains: look again, briefly.
+            while self.unsent() > self.limit:  # noqa: ASYNC110
+                await anyio.sleep(_ROOM_POLL)
+            return
+        raise self.too_slow()
+
     @staticmethod
     def too_slow() -> ClientClosed:
         return ClientClosed(CloseCode.SLOW_CLIENT, "too slow: resume from your last offset")
@@ -54,9 +82,9 @@ class DirectOutbox(Outbox):
     """The transport's own buffer is the outbox: frames are written as they come, with no
     task switch and no copy per client (the fast path of fan-out)."""
 
-    def __init__(self, write: Callable[[Frame], int | None], limit: int, stats: HubStats) -> None:
+    def __init__(self, writer: FrameWriter, limit: int, stats: HubStats) -> None:
         super().__init__(limit, stats)
-        self.write = write
+        self.writer = writer
 
     async def run(self) -> None:
         """Nothing to do (returns at once): `put` writes frames as they come."""
@@ -64,8 +92,11 @@ class DirectOutbox(Outbox):
     def close(self) -> None:
         """Nothing is queued here: the transport holds what is unsent."""
 
+    def unsent(self) -> int:
+        return self.writer.unsent()
+
     def put(self, frame: Frame) -> None:
-        unsent = self.write(frame)
+        unsent = self.writer.write(frame)
         if unsent is None:
             return  # closing: the receive side ends the client
         self.stats.delivered += 1
@@ -98,3 +129,6 @@ class QueuedOutbox(Outbox):
     def close(self) -> None:
         self.send.close()
         self.receive.close()
+
+    def unsent(self) -> int:
+        return self.queued

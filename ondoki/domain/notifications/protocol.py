@@ -3,7 +3,7 @@
 What a user's channel stores (`Event`, `EndSession`), the JSON messages exchanged with
 clients over a WebSocket, the close codes the server uses, and `Frame`, one encoded text
 frame shared by every local client it goes to. The protocol is described for client authors
-in `docs/websocket.md`.
+in `docs/websocket.md`; its close codes and limits in `docs/websocket-limits.md`.
 """
 
 from __future__ import annotations
@@ -79,16 +79,30 @@ def text_frame(message: msgspec.Struct) -> Frame:
 
 
 class CloseCode(IntEnum):
-    """WebSocket close codes the server uses."""
+    """WebSocket close codes the server uses (each with a reason; see
+    `docs/websocket-limits.md`). Only `INTERNAL` means the server failed; every code a
+    client's own message causes is below 1011 or in the 4000s."""
 
     NORMAL = 1000
-    POLICY = 1008  # authentication failed (before or after accept)
-    TOO_BIG = 1009
-    INTERNAL = 1011
+    INVALID_DATA = 1007  # a message that is not UTF-8
+    POLICY = 1008  # a message the protocol forbids (kept for clients of older servers)
+    TOO_BIG = 1009  # a message over the size limit, counted in bytes
+    INTERNAL = 1011  # a backend outage: reconnect with backoff and resume
     RESTART = 1012  # the server is shutting down: reconnect elsewhere and resume
     PONG_TIMEOUT = 4000
-    SESSION_ENDED = 4001
+    SESSION_ENDED = 4001  # logout, or the session expired: get a new token
+    INVALID_TOKEN = 4003  # no credentials, or malformed ones: do not retry with them
     SLOW_CLIENT = 4008  # could not keep up: reconnect and resume from the last offset
+    TOO_MANY_SOCKETS = 4029  # the user has the most sockets allowed here: close one first
+
+
+class ClientClosed(Exception):
+    """Ends serving a client with this close code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
 class Frame:
@@ -115,18 +129,40 @@ class Frame:
         return self._text
 
 
-def parse_client(text: str) -> tuple[Resume | Pong | None, Frame | None]:
-    """A client message, or the error frame that answers it."""
+#: The largest offset a `resume` may name: offsets grow by one per message, and clients in
+#: JavaScript hold them as doubles, exact up to 2**53.
+MAX_OFFSET = 2**53
+
+
+def bad_message(message: str) -> Frame:
+    return text_frame(ErrorMessage("bad_message", message))
+
+
+def parse_client(data: str | bytes) -> tuple[Resume | Pong | None, Frame | None]:
+    """A client message, or the error frame that answers it.
+
+    Whatever `data` holds, this returns one or the other, or raises `ClientClosed` with
+    1007 for bytes (or text with lone surrogates) that are not UTF-8. Nothing else escapes:
+    a client's message never closes its socket as a server failure.
+    """
     try:
-        message = _decode_client(text)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return None, text_frame(ErrorMessage("bad_message", f"unreadable message: {exc}"))
+        # Checked whole, up front: the decoder does not check UTF-8 everywhere.
+        text = data if isinstance(data, str) else data.decode()
+        encoded = text.encode()
+    except UnicodeError:
+        raise ClientClosed(CloseCode.INVALID_DATA, "messages must be UTF-8") from None
+    try:
+        message = _decode_client(encoded)
+    except msgspec.ValidationError as exc:
+        return None, bad_message(f"unexpected message: {exc}")
+    except msgspec.DecodeError as exc:
+        return None, bad_message(f"unreadable message: {exc}")
+    except RecursionError:
+        return None, bad_message("unreadable message: nested too deeply")
     if isinstance(message, Resume) and (
         not isinstance(message.offset, int)
         or isinstance(message.offset, bool)
-        or message.offset < 0
+        or not 0 <= message.offset <= MAX_OFFSET
     ):
-        return None, text_frame(
-            ErrorMessage("bad_message", "resume offset must be an integer >= 0")
-        )
+        return None, bad_message(f"resume offset must be an integer from 0 to {MAX_OFFSET}")
     return message, None

@@ -55,6 +55,8 @@ async def run(server: RedisServer, *, scale: float = 1.0) -> list[Figure]:
         REDIS_URL=server.url(0),
         ONDOKI_API_KEY=KEY,
         ONDOKI_WS_PING_INTERVAL_SECONDS="3600",
+        # One user with 1,000 sockets is one of the fan-out shapes (the default bound is 64).
+        ONDOKI_WS_MAX_SOCKETS_PER_USER="100000",
         ONDOKI_SHUTDOWN_GRACE_SECONDS="2",
         ONDOKI_LOG_LEVEL="warning",
     )
