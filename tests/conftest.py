@@ -1,8 +1,9 @@
 """Shared fixtures: async backends, real Redis servers, and adapter parametrization.
 
-Every async test runs on asyncio and on trio. Tests of Redis-backed adapters run on asyncio
-only (redis-py has no trio support); those combinations are deselected at collection, not
-skipped. Without a redis-server binary, Redis tests skip locally and fail under CI=true.
+Every async test runs on asyncio and on trio. A Redis-backed test (marker `redis`) runs on
+trio only once its adapter runs there (marker `redis_trio`, see docs/trio.md); the other
+trio combinations are deselected at collection, not skipped. Without a redis-server binary,
+Redis tests skip locally and fail under CI=true.
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ def _runs_on_trio(item: pytest.Item) -> bool:
     return callspec is not None and callspec.params.get("anyio_backend") == "trio"
 
 
+def _asyncio_only(item: pytest.Item) -> bool:
+    return bool(item.get_closest_marker("redis")) and not item.get_closest_marker("redis_trio")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
     for item in items:
-        (dropped if item.get_closest_marker("redis") and _runs_on_trio(item) else keep).append(item)
+        (dropped if _asyncio_only(item) and _runs_on_trio(item) else keep).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep

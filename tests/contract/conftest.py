@@ -26,13 +26,15 @@ from tests.integration.worker_main import build_kinds, fast_worker_options
 from tests.redis_server import RedisServer
 
 REDIS = pytest.mark.redis
+#: Redis-backed and running on trio as well (see tests/conftest.py).
+REDIS_TRIO = (pytest.mark.redis, pytest.mark.redis_trio)
 
 
 @pytest.fixture(
     params=[
         "memory",
-        pytest.param("redis", marks=REDIS),
-        pytest.param("redis-password", marks=REDIS),
+        pytest.param("redis", marks=REDIS_TRIO),
+        pytest.param("redis-password", marks=REDIS_TRIO),
     ]
 )
 async def cache(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Cache]:
