@@ -142,7 +142,7 @@ class InspectablePubSub(PubSub, Protocol):
 PubSubFactory = Callable[..., AbstractAsyncContextManager[InspectablePubSub]]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=REDIS)])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=REDIS_TRIO)])
 def make_pubsub(request: pytest.FixtureRequest, anyio_backend: str) -> PubSubFactory:
     server: RedisServer | None = None
     if request.param == "redis":

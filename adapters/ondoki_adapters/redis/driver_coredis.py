@@ -12,6 +12,7 @@ trio run ends). Pub/sub connections run in that task group too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -231,8 +232,10 @@ class _CoredisPubSub:
 
     async def _forward(self, source: Any) -> None:
         try:
-            async for item in source:
-                await self._send.send(item)
+            # aclosing: a generator left open would be finalized by the garbage collector.
+            async with contextlib.aclosing(source) as items:
+                async for item in items:
+                    await self._send.send(item)
         except Exception as exc:
             self._lost = str(translate(exc)) or "connection lost"
         finally:
@@ -254,9 +257,12 @@ class _CoredisPubSub:
 
     async def receive(self) -> list[Any] | bytes:
         try:
-            item: list[Any] | bytes = await self._inbox.receive()
+            item: list[Any] | bytes | Exception = await self._inbox.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise rex.ConnectionError(self._lost) from None
+        if isinstance(item, Exception):
+            # An error reply to a command sent without a request (a refused SUBSCRIBE).
+            raise translate(item)
         return item
 
     async def aclose(self) -> None:
