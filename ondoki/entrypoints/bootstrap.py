@@ -138,9 +138,9 @@ def build_jobs(settings: Settings, kinds: JobKinds, notify: JobNotify) -> JobQue
         from ondoki_adapters.memory.jobs import MemoryJobQueue
 
         return MemoryJobQueue(kinds, notify=notify, record_ttl=settings.job_record_ttl_seconds)
-    from ondoki_adapters.redis.jobs import DramatiqJobQueue
+    from ondoki_adapters.redis.bridge import open_job_queue
 
-    return DramatiqJobQueue(
+    return open_job_queue(
         settings.broker,
         kinds=kinds,
         notify=notify,

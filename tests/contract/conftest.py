@@ -18,8 +18,8 @@ from ondoki.ports.pubsub import PubSub
 from ondoki_adapters.memory.cache import MemoryCache
 from ondoki_adapters.memory.jobs import MemoryJobQueue
 from ondoki_adapters.memory.pubsub import MemoryPubSub
+from ondoki_adapters.redis.bridge import open_job_queue
 from ondoki_adapters.redis.cache import RedisCache
-from ondoki_adapters.redis.jobs import DramatiqJobQueue
 from ondoki_adapters.redis.pubsub import RedisPubSub
 from ondoki_adapters.redis.worker import run_worker
 from tests.integration.worker_main import build_kinds, fast_worker_options
@@ -92,7 +92,7 @@ def record_ttl() -> float:
     return DEFAULT_RECORD_TTL
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=REDIS)])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=REDIS_TRIO)])
 async def jobs(
     request: pytest.FixtureRequest,
     anyio_backend: str,
@@ -112,7 +112,7 @@ async def jobs(
         return
     server: RedisServer = request.getfixturevalue("redis_server")
     server.flushall()
-    queue = DramatiqJobQueue(server.url(1), kinds=kinds, notify=job_events, record_ttl=record_ttl)
+    queue = open_job_queue(server.url(1), kinds=kinds, notify=job_events, record_ttl=record_ttl)
     worker = functools.partial(
         run_worker,
         server.url(1),
