@@ -12,7 +12,6 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 import anyio.abc
-import sniffio
 
 from ondoki.domain.imports import Imports, public
 from ondoki.domain.jobs import JobKinds, register_demo_kinds
@@ -50,19 +49,6 @@ def resolve_api_key(settings: Settings) -> str:
     # Printed, not logged: the operator needs it once, log collectors never should.
     print(f"ondoki: development API key (set ONDOKI_API_KEY to choose one): {key}", file=sys.stderr)
     return key
-
-
-def check_backend(settings: Settings, library: str | None = None) -> None:
-    """Refuse combinations that cannot work, before anything is opened. `library` is the
-    async library that will run the service (default: the one running now)."""
-    if library is None:
-        library = sniffio.current_async_library()
-    if settings.uses_redis and library == "trio":
-        raise ConfigError(
-            "REDIS_URL",
-            "the Redis adapters need asyncio (redis-py has no trio support); "
-            "use --worker-class asyncio or uvloop, or unset REDIS_URL for the memory adapters",
-        )
 
 
 def build_cache(settings: Settings) -> Cache:
@@ -154,10 +140,11 @@ async def warn_if_queue_can_be_evicted(settings: Settings) -> None:
     """Say it loudly at start-up: an evicting policy on the broker silently drops jobs."""
     if settings.broker is None or settings.redis_url is None:
         return
+    from ondoki_adapters.redis.bridge import on_asyncio
     from ondoki_adapters.redis.doctor import eviction_warning
 
     shared = with_db(settings.broker, 0) == with_db(settings.redis_url, 0)
-    warning = await eviction_warning(settings.broker, shared=shared)
+    warning = await on_asyncio(eviction_warning(settings.broker, shared=shared))
     if warning is not None:
         log.warning("JOBS MAY BE LOST: %s (run `ondoki doctor`)", warning)
 
@@ -183,7 +170,6 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Open every adapter the settings ask for (or use the ones given), yield the services,
     and close everything in reverse order on the way out, whatever happened."""
-    check_backend(settings)
     async with AsyncExitStack() as stack, anyio.create_task_group() as tasks:
         if cache is None:
             cache = build_cache(settings)

@@ -95,11 +95,7 @@ async def _serve(settings: Settings, worker_class: str) -> None:
 
 
 def serve(settings: Settings, worker_class: str) -> None:
-    from ondoki.entrypoints.bootstrap import check_backend
-
     backend = "trio" if worker_class == "trio" else "asyncio"
-    # Checked before anything starts, so the refusal is one line, not a failed lifespan.
-    check_backend(settings, backend)
     options = {"use_uvloop": True} if worker_class == "uvloop" else {}
     anyio.run(_serve, settings, worker_class, backend=backend, backend_options=options)
 

@@ -92,7 +92,6 @@ def test_readyz_follows_redis(start: Start, fresh_redis: RedisServer) -> None:
         ((), {"REDIS_URL": "http://nope"}, "REDIS_URL"),
         ((), {"REDIS_URL": "redis://:s3cr3tPW/x9@127.0.0.1:1/0"}, "REDIS_URL"),
         ((), {"ONDOKI_ENV": "production"}, "ONDOKI_API_KEY"),
-        (("--worker-class", "trio"), {"REDIS_URL": "redis://127.0.0.1:1/0"}, "trio"),
     ],
 )
 def test_bad_configuration_stops_start_up_with_one_line(

@@ -77,6 +77,18 @@ class AsyncioThread:
             await anyio.to_thread.run_sync(self._thread.join)
 
 
+async def on_asyncio(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Await an asyncio-only `coroutine` (redis-py asyncio) from any event loop: directly on
+    asyncio, on a private loop of its own on trio (a one-off, e.g. a start-up check)."""
+    if running_library() != "trio":
+        return await coroutine
+    thread = AsyncioThread("ondoki one-off (asyncio)")
+    try:
+        return await thread.call(coroutine)
+    finally:
+        await thread.aclose()
+
+
 class ThreadedJobQueue:
     """The JobQueue port on trio: a `DramatiqJobQueue` built by `build` (given the notify
     callback to use) on a private asyncio loop. `notify`, when given, runs on the caller's
