@@ -12,7 +12,8 @@ from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 # Tests marked redis_trio build their cache from a URL, so they run on both event loops; the
-# others hand RedisCache a redis-py client, which is asyncio's.
+# others hand RedisCache a redis-py client, which is asyncio's, and run on asyncio only (the
+# pool's waiting on trio: tests/integration/test_redis_driver.py).
 
 SECRET = "fault-test-password-9c1"
 
@@ -94,6 +95,7 @@ async def test_unix_socket_url(tmp_path_factory: pytest.TempPathFactory) -> None
         server.close()
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_given_client_is_used_and_left_open(redis_server: RedisServer) -> None:
     from ondoki_adapters.redis.connection import connect
 
@@ -105,6 +107,7 @@ async def test_given_client_is_used_and_left_open(redis_server: RedisServer) -> 
     await client.aclose()
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_burst_waits_for_pool_connections_instead_of_failing(
     redis_server: RedisServer,
 ) -> None:

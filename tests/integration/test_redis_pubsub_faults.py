@@ -23,7 +23,7 @@ from tests.waits import take
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 # Tests marked redis_trio build their adapter from a URL, so they run on both event loops;
-# the other hands RedisPubSub a redis-py client, which is asyncio's.
+# the other hands RedisPubSub a redis-py client, which is asyncio's, and runs there only.
 
 # Short enough that a frozen server is noticed within a second.
 FAST = {"timeout": 0.5, "health_interval": 0.2, "health_timeout": 0.3, "reconnect_max": 0.2}
@@ -277,6 +277,7 @@ async def test_every_key_is_namespaced_and_expires(redis_server: RedisServer) ->
         assert await admin("HGET", "ns:meta:u1", "offset") == b"5"
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_given_client_is_used_and_left_open(redis_server: RedisServer) -> None:
     redis_server.flushall()
     client = connect(redis_server.url(0))

@@ -34,7 +34,9 @@ class Api:
         return {"Authorization": f"Bearer {response.json()['token']}"}
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=["memory", pytest.param("redis", marks=[pytest.mark.redis, pytest.mark.redis_trio])]
+)
 def settings(request: pytest.FixtureRequest) -> Settings:
     if request.param == "memory":
         return Settings(state_max_bytes=1024, max_json_body_bytes=4096)
