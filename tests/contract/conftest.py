@@ -26,15 +26,13 @@ from tests.integration.worker_main import build_kinds, fast_worker_options
 from tests.redis_server import RedisServer
 
 REDIS = pytest.mark.redis
-#: Redis-backed and running on trio as well (see tests/conftest.py).
-REDIS_TRIO = (pytest.mark.redis, pytest.mark.redis_trio)
 
 
 @pytest.fixture(
     params=[
         "memory",
-        pytest.param("redis", marks=REDIS_TRIO),
-        pytest.param("redis-password", marks=REDIS_TRIO),
+        pytest.param("redis", marks=REDIS),
+        pytest.param("redis-password", marks=REDIS),
     ]
 )
 async def cache(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Cache]:
@@ -92,7 +90,7 @@ def record_ttl() -> float:
     return DEFAULT_RECORD_TTL
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=REDIS_TRIO)])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=REDIS)])
 async def jobs(
     request: pytest.FixtureRequest,
     anyio_backend: str,
@@ -142,7 +140,7 @@ class InspectablePubSub(PubSub, Protocol):
 PubSubFactory = Callable[..., AbstractAsyncContextManager[InspectablePubSub]]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=REDIS_TRIO)])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=REDIS)])
 def make_pubsub(request: pytest.FixtureRequest, anyio_backend: str) -> PubSubFactory:
     server: RedisServer | None = None
     if request.param == "redis":

@@ -11,9 +11,8 @@ from ondoki_adapters.redis.cache import RedisCache
 from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
-# Tests marked redis_trio build their cache from a URL, so they run on both event loops; the
-# others hand RedisCache a redis-py client, which is asyncio's, and run on asyncio only (the
-# pool's waiting on trio: tests/integration/test_redis_driver.py).
+# Tests handing RedisCache a redis-py client (asyncio's) run on asyncio only; the pool's
+# waiting on trio is tested in tests/integration/test_redis_driver.py.
 
 SECRET = "fault-test-password-9c1"
 
@@ -25,7 +24,6 @@ def locked_redis() -> Iterator[RedisServer]:
     server.close()
 
 
-@pytest.mark.redis_trio
 async def test_server_down_raises_cache_error_without_the_password(
     locked_redis: RedisServer,
 ) -> None:
@@ -39,7 +37,6 @@ async def test_server_down_raises_cache_error_without_the_password(
     await cache.aclose()
 
 
-@pytest.mark.redis_trio
 async def test_service_resumes_after_a_restart(fresh_redis: RedisServer) -> None:
     cache = RedisCache(fresh_redis.url(0))
     await cache.set("before", b"1")
@@ -51,7 +48,6 @@ async def test_service_resumes_after_a_restart(fresh_redis: RedisServer) -> None
     await cache.aclose()
 
 
-@pytest.mark.redis_trio
 async def test_killed_connections_are_retried_for_safe_operations(
     fresh_redis: RedisServer,
 ) -> None:
@@ -64,7 +60,6 @@ async def test_killed_connections_are_retried_for_safe_operations(
     await cache.aclose()
 
 
-@pytest.mark.redis_trio
 async def test_wrong_password_is_named_and_not_shown(locked_redis: RedisServer) -> None:
     url = locked_redis.url(0).replace(SECRET, "not-the-password")
     cache = RedisCache(url)
@@ -74,7 +69,6 @@ async def test_wrong_password_is_named_and_not_shown(locked_redis: RedisServer) 
     await cache.aclose()
 
 
-@pytest.mark.redis_trio
 async def test_missing_password_is_named(locked_redis: RedisServer) -> None:
     cache = RedisCache(f"redis://127.0.0.1:{locked_redis.port}/0")
     with pytest.raises(CacheError, match="authentication"):
@@ -82,7 +76,6 @@ async def test_missing_password_is_named(locked_redis: RedisServer) -> None:
     await cache.aclose()
 
 
-@pytest.mark.redis_trio
 async def test_unix_socket_url(tmp_path_factory: pytest.TempPathFactory) -> None:
     socket = tmp_path_factory.mktemp("sock") / "redis.sock"
     server = RedisServer(args=("--unixsocket", str(socket))).start()

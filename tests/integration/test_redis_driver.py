@@ -9,7 +9,7 @@ import redis.exceptions as rex
 from ondoki_adapters.redis.driver import open_driver
 from tests.redis_server import RedisServer
 
-pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.redis_trio]
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 
 async def test_replies_are_bytes_integers_none_and_lists(redis_server: RedisServer) -> None:

@@ -22,8 +22,7 @@ from tests.redis_server import RedisServer
 from tests.waits import take
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
-# Tests marked redis_trio build their adapter from a URL, so they run on both event loops;
-# the other hands RedisPubSub a redis-py client, which is asyncio's, and runs there only.
+# The test handing RedisPubSub a redis-py client (asyncio's) runs on asyncio only.
 
 # Short enough that a frozen server is noticed within a second.
 FAST = {"timeout": 0.5, "health_interval": 0.2, "health_timeout": 0.3, "reconnect_max": 0.2}
@@ -76,7 +75,6 @@ def messages(deliveries: list[Delivery]) -> list[Message]:
     return [d for d in deliveries if isinstance(d, Message)]
 
 
-@pytest.mark.redis_trio
 async def test_killed_pubsub_connections_lose_and_repeat_nothing(
     fresh_redis: RedisServer,
 ) -> None:
@@ -109,7 +107,6 @@ async def test_killed_pubsub_connections_lose_and_repeat_nothing(
     assert pubsub.disconnects >= kills
 
 
-@pytest.mark.redis_trio
 async def test_messages_published_while_disconnected_are_repaired_from_history(
     fresh_redis: RedisServer,
 ) -> None:
@@ -134,7 +131,6 @@ async def test_messages_published_while_disconnected_are_repaired_from_history(
         assert [m.position for m in got] == missed
 
 
-@pytest.mark.redis_trio
 async def test_restart_loses_history_and_the_subscriber_is_told(
     fresh_redis: RedisServer,
 ) -> None:
@@ -155,7 +151,6 @@ async def test_restart_loses_history_and_the_subscriber_is_told(
         assert pubsub.disconnects >= 1
 
 
-@pytest.mark.redis_trio
 async def test_a_frozen_server_is_detected_and_the_reader_recovers(
     fresh_redis: RedisServer,
 ) -> None:
@@ -176,7 +171,6 @@ async def test_a_frozen_server_is_detected_and_the_reader_recovers(
             pytest.fail(f"unexpected delivery {extra!r}")
 
 
-@pytest.mark.redis_trio
 async def test_backend_failures_raise_pubsub_error(fresh_redis: RedisServer) -> None:
     async with running(fresh_redis) as pubsub:
         await pubsub.publish("down", b"m1")
@@ -200,7 +194,6 @@ async def test_backend_failures_raise_pubsub_error(fresh_redis: RedisServer) -> 
         assert pubsub.local_subscribers("down") == 0
 
 
-@pytest.mark.redis_trio
 async def test_subscribe_returns_only_once_the_server_confirmed(
     fresh_redis: RedisServer,
 ) -> None:
@@ -217,7 +210,6 @@ async def test_subscribe_returns_only_once_the_server_confirmed(
             assert messages(await take(subscription, 1))[0].position == position
 
 
-@pytest.mark.redis_trio
 async def test_one_connection_serves_every_subscription(redis_server: RedisServer) -> None:
     redis_server.flushall()
     async with admin_of(redis_server) as admin, running(redis_server, namespace="one") as pubsub:
@@ -240,7 +232,6 @@ async def test_one_connection_serves_every_subscription(redis_server: RedisServe
         assert pubsub.local_subscribers("a") == 0
 
 
-@pytest.mark.redis_trio
 async def test_instances_share_channels_through_the_server(redis_server: RedisServer) -> None:
     redis_server.flushall()
     async with running(redis_server) as api_1, running(redis_server) as api_2:
@@ -253,7 +244,6 @@ async def test_instances_share_channels_through_the_server(redis_server: RedisSe
             assert messages(await take(resumed, 1)) == [Message("user-9", second, b"again")]
 
 
-@pytest.mark.redis_trio
 async def test_every_key_is_namespaced_and_expires(redis_server: RedisServer) -> None:
     redis_server.flushall()
     options = {"namespace": "ns", "history_size": 3, "history_ttl": 60}

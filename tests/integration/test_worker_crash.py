@@ -27,7 +27,7 @@ from tests import waits
 from tests.integration.worker_main import build_kinds
 from tests.redis_server import RedisServer
 
-pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.redis_trio]
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 ROOT = Path(__file__).resolve().parents[2]
 

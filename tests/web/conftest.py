@@ -34,9 +34,7 @@ class Api:
         return {"Authorization": f"Bearer {response.json()['token']}"}
 
 
-@pytest.fixture(
-    params=["memory", pytest.param("redis", marks=[pytest.mark.redis, pytest.mark.redis_trio])]
-)
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def settings(request: pytest.FixtureRequest) -> Settings:
     if request.param == "memory":
         return Settings(state_max_bytes=1024, max_json_body_bytes=4096)
