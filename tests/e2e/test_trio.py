@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -91,3 +92,84 @@ def test_jobs_enqueued_on_trio_are_read_and_cancelled_from_either(
     assert frame["event"]["type"] == "job.cancelled"
     assert frame["event"]["data"]["job_id"] == job_id
     client.close()
+
+
+def publish_retrying(base_url: str, n: int, errors: list[str]) -> None:
+    """Publish `tick` number `n` with an idempotency id, retrying until it is accepted."""
+    for _ in range(50):
+        try:
+            response = httpx.post(
+                f"{base_url}/internal/notifications",
+                json={"user_id": "alice", "type": "tick", "data": n, "id": f"tick-{n}"},
+                headers={"Authorization": f"Bearer {KEY}"},
+                timeout=10,
+            )
+        except httpx.TransportError as exc:
+            errors.append(str(exc))
+            continue
+        if response.status_code == 202:
+            return
+        errors.append(response.text)
+        time.sleep(0.02)
+
+
+def test_killed_connections_on_trio_lose_and_repeat_nothing(
+    start: Start, fresh_redis: RedisServer
+) -> None:
+    a, t = mixed(start, fresh_redis)
+    token = login(t.url, KEY, "alice")
+    clients = [WsClient(t.url, token), WsClient(a.url, token)]
+    time.sleep(0.7)
+    total = 200
+    errors: list[str] = []
+
+    def publisher() -> None:
+        for n in range(total):
+            # Alternately on each instance: both publish paths see the kills.
+            publish_retrying((t if n % 2 else a).url, n, errors)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    with fresh_redis.client() as admin:
+        for _ in range(4):
+            time.sleep(0.3)
+            admin.client_kill_filter(_type="pubsub")
+            admin.client_kill_filter(_type="normal", skipme=True)
+    thread.join(60)
+    for client in clients:
+        data = [f["event"]["data"] for f in client.notifications(total, timeout=20)]
+        assert data == list(range(total))
+        client.close()
+
+
+def test_resume_and_resync_on_trio(start: Start, fresh_redis: RedisServer) -> None:
+    a, t = mixed(start, fresh_redis)
+    token = login(a.url, KEY, "alice")
+    first = WsClient(t.url, token)
+    time.sleep(0.7)
+    for n in range(3):
+        publish(a.url, KEY, "alice", "seen", n)
+    first.notifications(3)
+    assert first.last is not None
+    first.close()
+    missed = [publish(a.url, KEY, "alice", "missed", n) for n in range(5)]
+    again = WsClient(t.url, token, resume=first.last)
+    assert [(f["epoch"], f["offset"]) for f in again.notifications(5)] == missed
+    fresh_redis.restart()  # no persistence: history and sessions are gone
+    deadline = time.monotonic() + 20
+    while True:
+        response = httpx.post(
+            f"{a.url}/internal/notifications",
+            json={"user_id": "alice", "type": "after", "data": 1},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=10,
+        )
+        if response.status_code == 202:
+            break
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.1)
+    assert again.recv()["type"] == "resync"
+    publish(t.url, KEY, "alice", "after", 2)
+    assert [f["event"]["data"] for f in again.notifications(2)] == [1, 2]
+    again.close()
