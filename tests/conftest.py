@@ -1,8 +1,9 @@
 """Shared fixtures: async backends, real Redis servers, and adapter parametrization.
 
-Every async test runs on asyncio and on trio. Tests of Redis-backed adapters run on asyncio
-only (redis-py has no trio support); those combinations are deselected at collection, not
-skipped. Without a redis-server binary, Redis tests skip locally and fail under CI=true.
+Every async test runs on asyncio and on trio, Redis-backed ones (marker `redis`) included:
+the Redis adapters pick their driver by event loop (see docs/trio.md). Under CI=true a run
+that deselects a Redis-backed test on trio fails, as does one that skips a test. Without a
+redis-server binary, Redis tests skip locally and fail under CI=true.
 """
 
 from __future__ import annotations
@@ -28,18 +29,32 @@ def _runs_on_trio(item: pytest.Item) -> bool:
     return callspec is not None and callspec.params.get("anyio_backend") == "trio"
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    keep: list[pytest.Item] = []
-    dropped: list[pytest.Item] = []
+_trio_redis_deselected = pytest.StashKey[list[str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_trio_redis_deselected] = []
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
     for item in items:
-        (dropped if item.get_closest_marker("redis") and _runs_on_trio(item) else keep).append(item)
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = keep
+        if item.get_closest_marker("redis") and _runs_on_trio(item):
+            item.config.stash[_trio_redis_deselected].append(item.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    deselected = session.config.stash[_trio_redis_deselected]
+    if in_ci() and deselected and exitstatus == 0:
+        # The production path runs on trio too; a Redis test left out there is untested.
+        if reporter is not None:
+            reporter.write_line(
+                f"CI: {len(deselected)} Redis-backed test(s) deselected on trio, e.g. "
+                f"{deselected[0]}; failing the run",
+                red=True,
+            )
+        session.exitstatus = 1
+        return
     skipped = len(reporter.stats.get("skipped", [])) if reporter is not None else 0
     if in_ci() and skipped and exitstatus == 0:
         # A skipped test is an untested feature; CI does not count it as passing.

@@ -16,7 +16,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import anyio.abc
-import sniffio
 
 from ondoki.domain.imports import Imports
 from ondoki.domain.job_view import for_owner
@@ -72,18 +71,9 @@ def resolve_signing_key(settings: Settings) -> str:
     return secrets.token_urlsafe(32)
 
 
-def check_backend(settings: Settings, library: str | None = None) -> None:
-    """Refuse combinations that cannot work, before anything is opened. `library` is the
-    async library that will run the service (default: the one running now). Also makes
-    the media directory, refusing one uploads cannot be written to."""
-    if library is None:
-        library = sniffio.current_async_library()
-    if settings.uses_redis and library == "trio":
-        raise ConfigError(
-            "REDIS_URL",
-            "the Redis adapters need asyncio (redis-py has no trio support); "
-            "use --worker-class asyncio or uvloop, or unset REDIS_URL for the memory adapters",
-        )
+def check_backend(settings: Settings) -> None:
+    """Prepare what must be ready before anything is opened: the media directory, refusing
+    one uploads cannot be written to."""
     ImportFiles(Path(settings.media_dir), upload_limits(settings)).prepare()
 
 
@@ -229,9 +219,9 @@ def build_jobs(settings: Settings, kinds: JobKinds, notify: JobNotify) -> JobQue
             record_ttl=settings.job_record_ttl_seconds,
             time_limits=settings.job_time_limits,
         )
-    from ondoki_adapters.redis.jobs import DramatiqJobQueue
+    from ondoki_adapters.redis.bridge import open_job_queue
 
-    return DramatiqJobQueue(
+    return open_job_queue(
         settings.broker,
         kinds=kinds,
         notify=notify,
@@ -246,10 +236,11 @@ async def warn_if_queue_can_be_evicted(settings: Settings) -> None:
     """Say it loudly at start-up: an evicting policy on the broker silently drops jobs."""
     if settings.broker is None or settings.redis_url is None:
         return
+    from ondoki_adapters.redis.bridge import on_asyncio
     from ondoki_adapters.redis.doctor import eviction_warning
 
     shared = with_db(settings.broker, 0) == with_db(settings.redis_url, 0)
-    warning = await eviction_warning(settings.broker, shared=shared)
+    warning = await on_asyncio(eviction_warning(settings.broker, shared=shared))
     if warning is not None:
         log.warning("JOBS MAY BE LOST: %s (run `ondoki doctor`)", warning)
 
@@ -308,7 +299,6 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Open every adapter the settings ask for (or use the ones given), yield the services,
     and close everything in reverse order on the way out, whatever happened."""
-    check_backend(settings)
     async with AsyncExitStack() as stack, anyio.create_task_group() as tasks:
         if cache is None:
             cache = build_cache(settings)

@@ -200,8 +200,8 @@ def serve(settings: Settings, worker_class: str) -> None:
 
     check_address(settings.host, settings.port)
     backend = "trio" if worker_class == "trio" else "asyncio"
-    # Checked before anything starts, so the refusal is one line, not a failed lifespan.
-    check_backend(settings, backend)
+    # Checked before anything starts, so a refusal is one line, not a failed lifespan.
+    check_backend(settings)
     options = {"use_uvloop": True} if worker_class == "uvloop" else {}
     anyio.run(_serve, settings, worker_class, backend=backend, backend_options=options)
 

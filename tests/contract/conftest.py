@@ -22,8 +22,8 @@ from ondoki_adapters.memory.jobs import MemoryJobQueue
 from ondoki_adapters.memory.pubsub import MemoryPubSub
 from ondoki_adapters.memory.sessions import MemorySessionStore
 from ondoki_adapters.postgres.store import PostgresSessionStore
+from ondoki_adapters.redis.bridge import open_job_queue
 from ondoki_adapters.redis.cache import RedisCache
-from ondoki_adapters.redis.jobs import DramatiqJobQueue
 from ondoki_adapters.redis.pubsub import RedisPubSub
 from ondoki_adapters.redis.worker import run_worker
 from tests.integration.worker_main import build_kinds, fast_worker_options
@@ -121,7 +121,7 @@ async def jobs(
         return
     server: RedisServer = request.getfixturevalue("redis_server")
     server.flushall()
-    queue = DramatiqJobQueue(server.url(1), kinds=kinds, notify=job_events, record_ttl=record_ttl)
+    queue = open_job_queue(server.url(1), kinds=kinds, notify=job_events, record_ttl=record_ttl)
     worker = functools.partial(
         run_worker,
         server.url(1),

@@ -48,8 +48,13 @@ def worker(tmp_path: Path, fresh_redis: RedisServer) -> Iterator[subprocess.Pope
     assert_clean_logs(log.read_text(), "ondoki worker")
 
 
+@pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
 def test_upload_to_guide_with_progress_on_the_websocket(
-    start: Start, fresh_redis: RedisServer, worker: subprocess.Popen[bytes], tmp_path: Path
+    start: Start,
+    fresh_redis: RedisServer,
+    worker: subprocess.Popen[bytes],
+    tmp_path: Path,
+    worker_class: str,
 ) -> None:
     if not has_espeak():
         pytest.fail(
@@ -62,7 +67,11 @@ def test_upload_to_guide_with_progress_on_the_websocket(
         audio=True,
     )
     server = start(
-        REDIS_URL=fresh_redis.url(0), ONDOKI_API_KEY=KEY, ONDOKI_MEDIA_DIR=str(tmp_path / "media")
+        "--worker-class",
+        worker_class,
+        REDIS_URL=fresh_redis.url(0),
+        ONDOKI_API_KEY=KEY,
+        ONDOKI_MEDIA_DIR=str(tmp_path / "media"),
     ).wait_ready()
     token = login(server.url, KEY, "alice")
     client = WsClient(server.url, token)

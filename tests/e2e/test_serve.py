@@ -105,7 +105,6 @@ def test_readyz_follows_redis(start: Start, fresh_redis: RedisServer) -> None:
             },
             "secrets.token_urlsafe",
         ),
-        (("--worker-class", "trio"), {"REDIS_URL": "redis://127.0.0.1:1/0"}, "trio"),
     ],
 )
 def test_bad_configuration_stops_start_up_with_one_line(

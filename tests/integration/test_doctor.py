@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.process import clean_env
 from tests.postgres_server import PostgresServer, throwaway_database
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port, require_redis_server
 
 pytestmark = pytest.mark.redis
 
@@ -55,7 +58,15 @@ def test_healthy_server_passes(healthy: RedisServer, database_url: str) -> None:
     assert status == 0, text
     assert {f["severity"] for f in findings} <= {"ok", "info"}
     checks = {(f["target"], f["check"]) for f in findings}
-    for check in ["reachable", "version", "pubsub", "eviction", "persistence", "pubsub-buffer"]:
+    for check in [
+        "reachable",
+        "version",
+        "pubsub",
+        "resp3",
+        "eviction",
+        "persistence",
+        "pubsub-buffer",
+    ]:
         assert ("cache", check) in checks or ("broker", check) in checks
     assert ("broker", "reachable") in checks
     assert "credentials accepted" in finding(findings, "cache", "reachable")["message"]
@@ -142,6 +153,33 @@ def test_a_bad_url_query_is_one_line_and_exit_2(query: str) -> None:
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert len(lines) == 1, lines
     assert "REDIS_URL" in lines[0]
+
+
+def test_a_server_refusing_hello_3_is_named_with_its_fix(tmp_path: Path) -> None:
+    # What a Redis older than 6 answers (HELLO unknown), from a current server. Started
+    # here: tests.redis_server's readiness check itself needs HELLO.
+    port = free_port()
+    command = [require_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--dir", str(tmp_path), "--rename-command", "HELLO", ""]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+        status, findings, text = doctor(REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    finally:
+        server.kill()
+        server.wait(10)
+    found = finding(findings, "cache", "resp3")
+    assert found["severity"] == "error", found
+    assert "HELLO 3" in found["message"]
+    assert "Redis 6" in found["fix"] and "+hello" in found["fix"]
+    assert status == 1, text
 
 
 def test_unreachable_server_is_an_error() -> None:

@@ -11,6 +11,8 @@ from ondoki_adapters.redis.cache import RedisCache
 from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+# Tests handing RedisCache a redis-py client (asyncio's) run on asyncio only; the pool's
+# waiting on trio is tested in tests/integration/test_redis_driver.py.
 
 SECRET = "fault-test-password-9c1"
 
@@ -86,6 +88,7 @@ async def test_unix_socket_url(tmp_path_factory: pytest.TempPathFactory) -> None
         server.close()
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_given_client_is_used_and_left_open(redis_server: RedisServer) -> None:
     from ondoki_adapters.redis.connection import connect
 
@@ -97,6 +100,7 @@ async def test_given_client_is_used_and_left_open(redis_server: RedisServer) -> 
     await client.aclose()
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_burst_waits_for_pool_connections_instead_of_failing(
     redis_server: RedisServer,
 ) -> None:

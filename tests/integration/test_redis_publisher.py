@@ -14,6 +14,7 @@ from ondoki.domain.notifications import Event, UserEvent
 from ondoki.errors import InvalidInput, PubSubError
 from ondoki.models import Delivery, Message, Position
 from ondoki_adapters.redis.connection import connect
+from ondoki_adapters.redis.driver import RedisPyDriver
 from ondoki_adapters.redis.publisher import RedisChannels, RedisPublisher, SyncRedisPublisher
 from ondoki_adapters.redis.pubsub import RedisPubSub
 from tests.redis_server import RedisServer
@@ -121,7 +122,7 @@ async def test_concurrent_single_publishes_share_calls_when_every_slot_is_busy(
     service: RedisPubSub, redis_server: RedisServer
 ) -> None:
     client = connect(redis_server.url(0))
-    channels = RedisChannels(client, max_in_flight=1)
+    channels = RedisChannels(RedisPyDriver(client, owned=False), max_in_flight=1)
     got: dict[int, Position] = {}
 
     async def one(n: int) -> None:
@@ -150,7 +151,7 @@ async def test_concurrent_single_publishes_share_calls_when_every_slot_is_busy(
 
 async def test_gathered_publishes_all_get_the_error() -> None:
     client = connect("redis://127.0.0.1:1/0", timeout=0.5)
-    channels = RedisChannels(client, max_in_flight=1)
+    channels = RedisChannels(RedisPyDriver(client, owned=False), max_in_flight=1)
     errors: list[str] = []
 
     async def one(n: int) -> None:
@@ -200,7 +201,7 @@ async def test_cancelled_publishers_do_not_strand_the_others_gathered_with_them(
     service: RedisPubSub, redis_server: RedisServer
 ) -> None:
     client = connect(redis_server.url(0))
-    channels = RedisChannels(client, max_in_flight=1)
+    channels = RedisChannels(RedisPyDriver(client, owned=False), max_in_flight=1)
     got: dict[int, Position] = {}
 
     async def one(n: int) -> None:

@@ -7,20 +7,22 @@ worker within seconds.
 
 from __future__ import annotations
 
-import functools
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from ondoki.errors import JobQueueError
 from ondoki.models import JobRecord
-from ondoki_adapters.redis.jobs import DramatiqJobQueue, job_message
+from ondoki.ports.jobs import JobQueue
+from ondoki_adapters.redis.bridge import open_job_queue
+from ondoki_adapters.redis.jobs import JobKeys, blocking_client, build_broker, job_message
 from ondoki_adapters.redis.worker import EXIT_REPLACED
 from tests import waits
 from tests.integration.worker_main import build_kinds
@@ -82,14 +84,25 @@ def workers(fresh_redis: RedisServer, tmp_path: Path) -> Iterator[Workers]:
 
 
 @pytest.fixture
-async def queue(fresh_redis: RedisServer) -> AsyncIterator[DramatiqJobQueue]:
-    # The workers' heartbeat timeout (see worker_main), for telling dead workers.
-    jobs = DramatiqJobQueue(fresh_redis.url(1), kinds=build_kinds(), worker_timeout=2.0)
+async def queue(fresh_redis: RedisServer, anyio_backend: str) -> AsyncIterator[JobQueue]:
+    # The API side on the test's event loop (on trio through a private asyncio loop); the
+    # workers are processes of their own either way. The workers' heartbeat timeout (see
+    # worker_main), for telling dead workers.
+    jobs = open_job_queue(fresh_redis.url(1), kinds=build_kinds(), worker_timeout=2.0)
     yield jobs
     await jobs.aclose()
 
 
-async def finished(jobs: DramatiqJobQueue, job_id: str, *, within: float = 30.0) -> JobRecord:
+def send_raw(url: str, message: Any) -> None:
+    """Hand `message` to dramatiq directly, as a duplicate delivery would (blocking)."""
+    client = blocking_client(url)
+    try:
+        build_broker(client, JobKeys("ondoki")).enqueue(message)
+    finally:
+        client.close()
+
+
+async def finished(jobs: JobQueue, job_id: str, *, within: float = 30.0) -> JobRecord:
     """`tests.waits.finished` with room for real worker processes to start and crash."""
     return await waits.finished(jobs, job_id, within=within)
 
@@ -122,7 +135,7 @@ def intervals(where: Path, job_id: str) -> list[tuple[float, float, int]]:
 
 
 async def test_a_killed_workers_job_is_finished_by_the_next_worker(
-    workers: Workers, queue: DramatiqJobQueue, tmp_path: Path
+    workers: Workers, queue: JobQueue, tmp_path: Path
 ) -> None:
     first = workers.start()
     job_id = await queue.enqueue("test.slow", {"dir": str(tmp_path), "seconds": 1.5})
@@ -160,7 +173,7 @@ async def test_a_killed_workers_job_is_finished_by_the_next_worker(
 
 
 async def test_a_job_that_kills_its_worker_ends_dead_and_never_loops(
-    workers: Workers, queue: DramatiqJobQueue, tmp_path: Path
+    workers: Workers, queue: JobQueue, tmp_path: Path
 ) -> None:
     job_id = await queue.enqueue("test.poison", {"dir": str(tmp_path)})
     # max_attempts=2: two workers die running it; the third finds no attempt left.
@@ -185,7 +198,7 @@ async def test_a_job_that_kills_its_worker_ends_dead_and_never_loops(
 
 
 async def test_two_workers_share_the_queue_and_never_run_a_job_at_once(
-    workers: Workers, queue: DramatiqJobQueue, tmp_path: Path
+    workers: Workers, queue: JobQueue, tmp_path: Path
 ) -> None:
     workers.start()
     workers.start()
@@ -196,7 +209,7 @@ async def test_two_workers_share_the_queue_and_never_run_a_job_at_once(
     # silent) worker for dead: both workers may now hold a message for the same job.
     for job_id in job_ids:
         message = job_message(job_id, "media", 0)
-        await anyio.to_thread.run_sync(functools.partial(queue.broker.enqueue, message))
+        await anyio.to_thread.run_sync(send_raw, workers.url, message)
     records = [await finished(queue, job_id) for job_id in job_ids]
     assert [(r.state, r.attempts) for r in records] == [("succeeded", 1)] * 8
     pids = set()
@@ -212,16 +225,14 @@ async def test_two_workers_share_the_queue_and_never_run_a_job_at_once(
 
 
 async def test_a_redelivered_message_waits_while_the_lease_is_held(
-    workers: Workers, queue: DramatiqJobQueue, tmp_path: Path
+    workers: Workers, queue: JobQueue, tmp_path: Path
 ) -> None:
     first = workers.start()
     second = workers.start()
     job_id = await queue.enqueue("test.slow", {"dir": str(tmp_path), "seconds": 2.5})
     await appears(f"intervals/{job_id}.1.*", tmp_path)
     # The same job's message again while it runs: the idle worker must not start it.
-    await anyio.to_thread.run_sync(
-        functools.partial(queue.broker.enqueue, job_message(job_id, "media", 0))
-    )
+    await anyio.to_thread.run_sync(send_raw, workers.url, job_message(job_id, "media", 0))
     await anyio.sleep(0.5)
     (runner_pid,) = {pid for _, _, pid in intervals(tmp_path, job_id)}
     # Now kill the worker running it: the job must still finish, on the other one.
@@ -235,7 +246,7 @@ async def test_a_redelivered_message_waits_while_the_lease_is_held(
 
 
 async def test_sigterm_stops_gracefully_and_gives_the_job_back(
-    workers: Workers, queue: DramatiqJobQueue, tmp_path: Path
+    workers: Workers, queue: JobQueue, tmp_path: Path
 ) -> None:
     first = workers.start()
     running = await queue.enqueue("test.slow", {"dir": str(tmp_path), "seconds": 3.0})
@@ -255,7 +266,7 @@ async def test_sigterm_stops_gracefully_and_gives_the_job_back(
 
 
 async def test_a_busy_worker_leaves_other_queues_to_idle_workers(
-    workers: Workers, queue: DramatiqJobQueue, tmp_path: Path
+    workers: Workers, queue: JobQueue, tmp_path: Path
 ) -> None:
     workers.start()
     busy = await queue.enqueue("test.block", {"dir": str(tmp_path), "name": "long"})
@@ -272,7 +283,7 @@ async def test_a_busy_worker_leaves_other_queues_to_idle_workers(
 
 
 async def test_an_unreachable_broker_raises_job_queue_errors(fresh_redis: RedisServer) -> None:
-    queue = DramatiqJobQueue(fresh_redis.url(1), kinds=build_kinds())
+    queue = open_job_queue(fresh_redis.url(1), kinds=build_kinds())
     job_id = await queue.enqueue("demo.checksum", {"size": 10})
     fresh_redis.kill()
     for operation in (
@@ -290,7 +301,7 @@ async def test_an_unreachable_broker_raises_job_queue_errors(fresh_redis: RedisS
 
 
 async def test_a_job_stuck_past_its_time_limit_and_grace_has_its_worker_replaced(
-    workers: Workers, queue: DramatiqJobQueue, tmp_path: Path
+    workers: Workers, queue: JobQueue, tmp_path: Path
 ) -> None:
     stuck_worker = workers.start()
     job_id = await queue.enqueue("test.stuck", {"dir": str(tmp_path), "seconds": 60})

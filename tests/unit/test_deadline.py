@@ -13,6 +13,7 @@ from ondoki.support.deadline import budget
 from ondoki.support.settings import Settings
 from ondoki_adapters.redis.cache import RedisCache
 from ondoki_adapters.redis.connection import call
+from ondoki_adapters.redis.driver import RedisPyDriver
 from ondoki_adapters.redis.jobs import DramatiqJobQueue
 from ondoki_adapters.redis.pubsub import RedisPubSub
 
@@ -59,7 +60,9 @@ async def test_every_redis_client_gets_the_timeout_setting() -> None:
         assert isinstance(cache, RedisCache)
         assert isinstance(pubsub, RedisPubSub)
         assert isinstance(jobs, DramatiqJobQueue)
-        for client in (cache.client, pubsub.client, jobs.client):
+        assert isinstance(cache.driver, RedisPyDriver)
+        assert isinstance(pubsub.driver, RedisPyDriver)
+        for client in (cache.driver.client, pubsub.driver.client, jobs.client):
             options = client.connection_pool.connection_kwargs
             assert options["socket_timeout"] == options["socket_connect_timeout"] == 1.5
         assert jobs.sync_client.connection_pool.connection_kwargs["socket_timeout"] == 1.5

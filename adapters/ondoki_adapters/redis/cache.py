@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from ondoki.errors import CacheError, InvalidInput
-from ondoki_adapters.redis.connection import call, connect, milliseconds
+from ondoki_adapters.redis.connection import call, milliseconds
+from ondoki_adapters.redis.driver import Driver, RedisPyDriver, open_driver
 
 T = TypeVar("T")
 
@@ -24,8 +25,9 @@ def _ms(seconds: float) -> int:
 class RedisCache:
     """The Cache port on Redis: one round trip per operation, many-key calls pipelined.
 
-    Pass an already-built `client` (its database is used as it is) or a `url` (its database
-    unless `db` says otherwise). Bounded size and LRU eviction are the server's job (`maxmemory`
+    Pass an already-built redis-py `client` (asyncio only; its database is used as it is) or
+    a `url` (its database unless `db` says otherwise), which gets the driver of the running
+    event loop (`ondoki_adapters.redis.driver`). Bounded size and LRU eviction are the server's job (`maxmemory`
     with a `*-lru` policy); every key gets a TTL, so `volatile-lru` evicts only cache keys.
     """
 
@@ -41,11 +43,9 @@ class RedisCache:
         if client is None:
             if url is None:
                 raise ValueError("RedisCache needs a url or a client")
-            client = connect(url, db=db, timeout=timeout)
-            self._owns_client = True
+            self.driver: Driver = open_driver(url, db=db, timeout=timeout)
         else:
-            self._owns_client = False
-        self.client = client
+            self.driver = RedisPyDriver(client, owned=False)
         self.default_ttl = default_ttl
         #: The longest one operation (retries and pool waits included) may take.
         self.timeout = timeout
@@ -61,7 +61,7 @@ class RedisCache:
         )
 
     async def _command(self, what: str, *args: Any, idempotent: bool = True) -> Any:
-        execute: Callable[..., Awaitable[Any]] = self.client.execute_command
+        execute = self.driver.execute
         return await self._run(what, lambda: execute(*args), idempotent=idempotent)
 
     async def get(self, key: str, *, refresh_ttl: float | None = None) -> bytes | None:
@@ -99,10 +99,12 @@ class RedisCache:
 
         async def write() -> None:
             # MULTI/EXEC: one round trip, and readers never see half of the items.
-            async with self.client.pipeline(transaction=True) as pipe:
-                for key, value in items.items():
-                    pipe.execute_command("SET", key, value, "PX", px)
-                await pipe.execute()
+            replies = await self.driver.transaction(
+                [("SET", key, value, "PX", px) for key, value in items.items()]
+            )
+            for reply in replies:
+                if isinstance(reply, rex.ResponseError):
+                    raise reply
 
         await self._run("cache set_many", write)
 
@@ -110,11 +112,10 @@ class RedisCache:
         px = self._px(ttl)
 
         async def incr() -> Any:
-            async with self.client.pipeline(transaction=True) as pipe:
-                # The SET NX gives a new key its TTL; an existing key keeps its own.
-                pipe.execute_command("SET", key, b"0", "PX", px, "NX")
-                pipe.execute_command("INCRBY", key, amount)
-                return await pipe.execute(raise_on_error=False)
+            # The SET NX gives a new key its TTL; an existing key keeps its own.
+            return await self.driver.transaction(
+                [("SET", key, b"0", "PX", px, "NX"), ("INCRBY", key, amount)]
+            )
 
         _, result = await self._run("cache increment", incr, idempotent=False)
         if isinstance(result, rex.ResponseError):
@@ -135,5 +136,4 @@ class RedisCache:
         await self._command("cache ping", "PING")
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            await self.client.aclose()
+        await self.driver.aclose()

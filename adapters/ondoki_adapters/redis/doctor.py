@@ -105,6 +105,16 @@ async def _check_target(target: Target, settings: Settings, *, shared: bool) -> 
             )
             return findings
         except rex.ResponseError as exc:
+            if "HELLO" in str(exc):
+                add(
+                    "resp3",
+                    "error",
+                    f"{where}: the server refuses HELLO 3 ({describe(exc)}); ondoki's Redis "
+                    "clients speak RESP3 (redis-py on asyncio, coredis on trio)",
+                    "upgrade to Redis 6 or newer (7 recommended); if HELLO is renamed or "
+                    "denied by an ACL, allow it (ACL SETUSER <user> +hello)",
+                )
+                return findings
             add(
                 "reachable",
                 "error",
@@ -116,6 +126,8 @@ async def _check_target(target: Target, settings: Settings, *, shared: bool) -> 
             add("reachable", "ok", f"{where} answers (no password: none was checked)")
         else:
             add("reachable", "ok", f"{where} answers, credentials accepted")
+        # The client above opened its connection with HELLO 3, as the service's do.
+        add("resp3", "ok", "HELLO 3 accepted (RESP3, which both event loops' clients speak)")
 
         info = await _optional(client.info)
         await _version(info, add)

@@ -41,10 +41,10 @@ from ondoki.support.redact import redact_url
 from ondoki_adapters.redis.connection import (
     call,
     client_options,
-    connect,
     describe,
     milliseconds,
 )
+from ondoki_adapters.redis.driver import Driver, RedisPyDriver, open_driver
 
 __all__ = [
     "PUBLISH_SCRIPT",
@@ -182,7 +182,8 @@ class _Gathered:
 
 
 class RedisChannels:
-    """The `Publishes` port on an asyncio Redis client: `publish` and `publish_many`.
+    """The `Publishes` port on a Redis driver (redis-py on asyncio, coredis on trio):
+    `publish` and `publish_many`.
 
     Publishing without idempotency keys is never retried (a lost reply could mean it was
     stored); when every item has one, transient failures are retried.
@@ -199,7 +200,7 @@ class RedisChannels:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        driver: Driver,
         *,
         namespace: str = "ondoki",
         history_size: int = 1000,
@@ -210,7 +211,6 @@ class RedisChannels:
     ) -> None:
         if max_in_flight < 1 or gather < 1:
             raise ValueError("max_in_flight and gather must be positive")
-        self.client = client
         #: One deadline for a script call: its retries and pool waits included.
         self.timeout = timeout
         self.calls = PublishCalls(
@@ -221,7 +221,7 @@ class RedisChannels:
         #: Script calls made, and single publishes that went in another's call (statistics).
         self.script_calls = 0
         self.gathered = 0
-        self._script = client.register_script(PUBLISH_SCRIPT)
+        self._script = driver.script(PUBLISH_SCRIPT)
         self._in_flight = 0
         self._waiting: dict[bool, _Gathered] = {}  # by "has an idempotency key"
         self._slot_freed: anyio.Event | None = None  # made on first use: needs the loop
@@ -333,12 +333,13 @@ class SyncRedisChannels:
 
 
 class RedisPublisher:
-    """Publish users' notifications straight to Redis, from any asyncio program.
+    """Publish users' notifications straight to Redis, from any asyncio or trio program.
 
     What it publishes reaches the users' WebSockets on every `ondoki serve` sharing the
     Redis (same `namespace`, `history_size` and `history_ttl` as those instances), with
-    the positions their clients resume from. Give it the Redis `url` (DB 0, as REDIS_URL)
-    or an asyncio `client` with `decode_responses=False` (then left open by `aclose`).
+    the positions their clients resume from. Give it the Redis `url` (DB 0, as REDIS_URL;
+    the running event loop's driver is used), or a redis-py asyncio `client` with
+    `decode_responses=False` (then left open by `aclose`).
 
     Bad events raise `InvalidInput`, limits `TooLarge`, naming the item of a batch;
     Redis failures raise `PubSubError`. Use it as an async context manager, or `aclose` it.
@@ -357,16 +358,16 @@ class RedisPublisher:
         max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     ) -> None:
-        self._owns_client = client is None
         if client is None:
             if url is None:
                 raise ValueError("RedisPublisher needs a url or a client")
-            client = connect(url, timeout=timeout, client_name="ondoki-publisher")
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
-            raise ValueError("RedisPublisher needs a client with decode_responses=False")
-        self.client = client
+            self.driver: Driver = open_driver(url, timeout=timeout, client_name="ondoki-publisher")
+        else:
+            if client.connection_pool.connection_kwargs.get("decode_responses"):
+                raise ValueError("RedisPublisher needs a client with decode_responses=False")
+            self.driver = RedisPyDriver(client, owned=False)
         self.channels = RedisChannels(
-            client,
+            self.driver,
             namespace=namespace,
             history_size=history_size,
             history_ttl=history_ttl,
@@ -396,8 +397,7 @@ class RedisPublisher:
         return await self._publisher.broadcast(user_ids, type, data, id=id)
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            await self.client.aclose()
+        await self.driver.aclose()
 
     async def __aenter__(self) -> Self:
         return self

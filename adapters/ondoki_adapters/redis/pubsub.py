@@ -17,12 +17,11 @@ owned by `run`; whenever it is lost, every subscription is repaired from history
 from __future__ import annotations
 
 import logging
-import math
 import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -30,14 +29,14 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 from anyio.abc import TaskGroup, TaskStatus
-from redis.asyncio.connection import AbstractConnection
 
 from ondoki.adapterkit.cursor import Cursor
 from ondoki.adapterkit.subscription import BufferedSubscription
 from ondoki.errors import InvalidInput, PubSubError
 from ondoki.models import Gap, Message, Position, PubSubStats
 from ondoki.ports.pubsub import Publication
-from ondoki_adapters.redis.connection import call, connect, describe, milliseconds
+from ondoki_adapters.redis.connection import call, describe, milliseconds
+from ondoki_adapters.redis.driver import Driver, PubSubConnection, RedisPyDriver, open_driver
 from ondoki_adapters.redis.publisher import RedisChannels
 
 T = TypeVar("T")
@@ -181,7 +180,8 @@ class _RedisSubscription(BufferedSubscription):
 class RedisPubSub:
     """The PubSub port on Redis, for many instances sharing one server (DB 0).
 
-    Pass an already-built `client` (left open by `aclose`) or a `url`. The client must
+    Pass an already-built redis-py `client` (asyncio only; left open by `aclose`) or a `url`
+    (the running event loop's driver, `ondoki_adapters.redis.driver`). The client must
     return bytes (`decode_responses=False`). Publishing needs nothing else; subscribing
     needs `run` going: it owns this instance's single pub/sub connection, SUBSCRIBEs while a
     channel has local subscribers, PINGs it every `health_interval` seconds (no answer in
@@ -221,13 +221,11 @@ class RedisPubSub:
         if client is None:
             if url is None:
                 raise ValueError("RedisPubSub needs a url or a client")
-            client = connect(url, timeout=timeout)
-            self._owns_client = True
+            self.driver: Driver = open_driver(url, timeout=timeout)
         else:
-            self._owns_client = False
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
-            raise ValueError("RedisPubSub needs a client with decode_responses=False")
-        self.client = client
+            if client.connection_pool.connection_kwargs.get("decode_responses"):
+                raise ValueError("RedisPubSub needs a client with decode_responses=False")
+            self.driver = RedisPyDriver(client, owned=False)
         self.namespace = namespace
         self.history_size = history_size
         self.history_ttl = history_ttl
@@ -242,13 +240,13 @@ class RedisPubSub:
         self._counters = _Counters()
         self._ttl_ms = milliseconds(history_ttl)
         self.channels = RedisChannels(
-            client,
+            self.driver,
             namespace=namespace,
             history_size=history_size,
             history_ttl=history_ttl,
             timeout=timeout,
         )
-        self._read_script = client.register_script(_READ)
+        self._read_script = self.driver.script(_READ)
         self._channels: dict[str, _Channel] = {}
         self._running = False
         self._closed = False
@@ -355,7 +353,7 @@ class RedisPubSub:
         return Position(epoch, latest)
 
     async def ping(self) -> None:
-        execute: Callable[..., Awaitable[Any]] = self.client.execute_command
+        execute = self.driver.execute
         await self._call("pubsub ping", lambda: execute("PING"))
         if not self._running:
             return
@@ -372,8 +370,7 @@ class RedisPubSub:
         for entry in self._channels.values():
             for subscription in entry.subscribers:
                 subscription.close()
-        if self._owns_client:
-            await self.client.aclose()
+        await self.driver.aclose()
 
     def local_subscribers(self, channel: str) -> int:
         """How many subscriptions to `channel` are open here (for tests and diagnostics)."""
@@ -438,25 +435,11 @@ class RedisPubSub:
             cap = min(self.reconnect_max, 0.05 * 2**self._failures)
             await anyio.sleep(random.uniform(0, cap))
 
-    async def _connect(self) -> AbstractConnection:
-        pool = self.client.connection_pool
+    async def _connect(self) -> PubSubConnection:
         # Its own connection, outside the pool: it never goes back to serve commands.
-        # RESP2 keeps pushed messages in the reply stream this reader parses.
-        options = {**pool.connection_kwargs, "protocol": 2, "health_check_interval": 0}
-        connection = pool.connection_class(**options)
-        open_connection: Callable[[], Awaitable[None]] = connection.connect
-        try:
-            with anyio.fail_after(self.timeout):
-                await open_connection()
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await _disconnect(connection)
-            if isinstance(exc, TimeoutError):
-                raise rex.TimeoutError("connecting timed out") from None
-            raise
-        return connection
+        return await self.driver.open_pubsub(self.timeout)
 
-    async def _session(self, connection: AbstractConnection) -> str:
+    async def _session(self, connection: PubSubConnection) -> str:
         """Use one connection until it fails; why it ended."""
         reasons: list[str] = []
         self._connected = True
@@ -468,7 +451,7 @@ class RedisPubSub:
         finally:
             self._connected = False
             with anyio.CancelScope(shield=True):
-                await _disconnect(connection)
+                await connection.aclose()
             for name, entry in list(self._channels.items()):
                 entry.reset()
                 if not entry.subscribers:
@@ -480,8 +463,8 @@ class RedisPubSub:
 
     async def _until_failure(
         self,
-        work: Callable[[AbstractConnection], Awaitable[None]],
-        connection: AbstractConnection,
+        work: Callable[[PubSubConnection], Awaitable[None]],
+        connection: PubSubConnection,
         tasks: TaskGroup,
         reasons: list[str],
     ) -> None:
@@ -491,10 +474,10 @@ class RedisPubSub:
             reasons.append(describe(exc))
         tasks.cancel_scope.cancel()
 
-    async def _receive(self, connection: AbstractConnection) -> None:
+    async def _receive(self, connection: PubSubConnection) -> None:
         prefix = f"{self.namespace}:notify:".encode()
         while True:
-            reply = await connection.read_response(timeout=math.inf)
+            reply = await connection.receive()
             if not isinstance(reply, list) or not reply:
                 if reply == b"PONG":  # the PING answer while subscribed to nothing
                     self._pong_received()
@@ -539,7 +522,7 @@ class RedisPubSub:
         elif not entry.sent and not entry.subscribers:
             del self._channels[name]
 
-    async def _send_plan(self, connection: AbstractConnection) -> None:
+    async def _send_plan(self, connection: PubSubConnection) -> None:
         """SUBSCRIBE channels that gained subscribers, UNSUBSCRIBE those that lost all."""
         assert self._write_lock is not None
         while True:
@@ -562,24 +545,17 @@ class RedisPubSub:
                 for start in range(0, len(names), _BATCH):
                     async with self._write_lock:
                         batch = names[start : start + _BATCH]
-                        await connection.send_command(command, *batch, check_health=False)
+                        await connection.send(command, *batch)
             await changed.wait()
 
-    async def _check_health(self, connection: AbstractConnection) -> None:
+    async def _check_health(self, connection: PubSubConnection) -> None:
         assert self._write_lock is not None
         while True:
             await anyio.sleep(self.health_interval)
             pong = self._pong = anyio.Event()
             with anyio.move_on_after(self.health_timeout):
                 async with self._write_lock:
-                    await connection.send_command("PING", check_health=False)
+                    await connection.send("PING")
                 await pong.wait()
             if not pong.is_set():
                 raise _Unhealthy(f"no answer to PING within {self.health_timeout} s")
-
-
-async def _disconnect(connection: AbstractConnection) -> None:
-    try:
-        await connection.disconnect(nowait=True)
-    except (rex.RedisError, OSError) as exc:
-        log.debug("closing the pub/sub connection: %s", describe(exc))
