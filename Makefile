@@ -44,7 +44,13 @@ run: $(STAMP)
 worker: $(STAMP)
 	$(BIN)/ondoki worker --queues celery,media
 
-test: $(STAMP)
+# The JavaScript client's locked packages, for its tests (Node 20 with npm).
+JS_DEPS := clients/js/node_modules/.package-lock.json
+
+$(JS_DEPS): clients/js/package-lock.json
+	cd clients/js && npm ci --no-audit --no-fund
+
+test: $(STAMP) $(JS_DEPS)
 	$(BIN)/pytest
 
 lint: $(STAMP)
