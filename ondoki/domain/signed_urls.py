@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import math
+import re
 import time
 from collections.abc import Callable
 
@@ -14,6 +15,7 @@ from ondoki.errors import Forbidden
 
 #: Expiry times are rounded up to this many seconds, so that the same picture keeps the
 #: same URL for a while and a browser's cache can reuse it.
+_DIGITS = re.compile(r"[0-9]{1,12}")
 ROUNDING_SECONDS = 300
 
 
@@ -38,9 +40,11 @@ class UrlSigner:
     def verify(self, path: str, expires: str | None, signature: str | None) -> None:
         """Return if the URL was signed by this key for `path` and has not expired;
         `Forbidden` (naming which) otherwise."""
-        if not expires or not signature or not expires.isdigit() or len(expires) > 12:
+        if not expires or not signature or not _DIGITS.fullmatch(expires):
             raise Forbidden("a signed URL needs `expires` and `signature`")
-        if not hmac.compare_digest(self._signature(path, int(expires)), signature):
+        # Compared as bytes: compare_digest refuses text that is not ASCII.
+        expected = self._signature(path, int(expires)).encode()
+        if not hmac.compare_digest(expected, signature.encode()):
             raise Forbidden("the URL's signature does not match (was it changed?)")
         if int(expires) < self.clock():
             raise Forbidden("the signed URL has expired: fetch the guide again for a new one")

@@ -374,9 +374,13 @@ async def open_services(
 
 
 async def _diagnose(settings: Settings) -> list[Any]:
+    """What `ondoki doctor` finds, for the dashboard: the Redis servers (their checks use
+    redis-py's asyncio client: on trio on a private asyncio loop) and the database."""
+    from ondoki_adapters.postgres.doctor import diagnose as diagnose_database
+    from ondoki_adapters.redis.bridge import on_asyncio
     from ondoki_adapters.redis.doctor import diagnose
 
-    return list(await diagnose(settings))
+    return [*await on_asyncio(diagnose(settings)), *await diagnose_database(settings)]
 
 
 async def announce(services: Services, interval: float) -> None:

@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         "--worker-class",
         choices=WORKER_CLASSES,
         default="asyncio",
-        help="event loop (default: asyncio; trio runs the in-memory adapters only)",
+        help="event loop (default: asyncio; every worker class runs on Redis or in memory)",
     )
     worker = commands.add_parser(
         "worker",
@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, got {text!r}")
     return int(text)
 

@@ -31,7 +31,11 @@ class Redactor:
     """Replaces secrets in text: URL passwords, bearer tokens, and any known secret value."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        known = {s for s in secrets if s and len(s) >= 4}
+        # Each also as a JSON string holds it: the JSON formatter redacts encoded lines, in
+        # which a secret's `"` or `\` are escaped.
+        known |= {msgspec.json.encode(s).decode()[1:-1] for s in known}
+        self.secrets = sorted(known, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         text = _URL_PASSWORD.sub(r"\1***@", text)

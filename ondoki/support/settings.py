@@ -154,10 +154,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics_refresh_seconds: Seconds = 5.0
 
     @property
-    def uses_redis(self) -> bool:
-        return self.redis_url is not None
-
-    @property
     def broker(self) -> str | None:
         """The job broker URL: `CELERY_BROKER_URL`, else `REDIS_URL` on DB 1, else None."""
         if self.broker_url is not None:
@@ -256,14 +252,16 @@ def env_name(field: str) -> str:
 
 
 def with_db(url: str, db: int) -> str:
-    """`url` pointing at database `db` (a redis:// path, or unix://'s `db=` query)."""
-    base, sep, query = url.partition("?")
+    """`url` pointing at database `db` (a redis:// path, or unix://'s `db=` query). A
+    `db=` query parameter is dropped: redis-py would prefer it to the path."""
+    base, _, query = url.partition("?")
+    params = [p for p in query.split("&") if p and not p.startswith("db=")]
     if base.startswith("unix://"):
-        params = [p for p in query.split("&") if p and not p.startswith("db=")]
         return f"{base}?{'&'.join([*params, f'db={db}'])}"
     scheme, _, rest = base.partition("://")
     hostpart = rest.split("/", 1)[0]
-    return f"{scheme}://{hostpart}/{db}{sep}{query}"
+    rest_query = f"?{'&'.join(params)}" if params else ""
+    return f"{scheme}://{hostpart}/{db}{rest_query}"
 
 
 # What a value must look like, for the settings checked by a pattern (msgspec would quote
@@ -446,7 +444,7 @@ def _check_url(variable: str, url: str) -> None:
             raise ConfigError(variable, "a unix:// URL needs the socket's path")
         return
     db = parts.path.lstrip("/")
-    if not parts.hostname or (db and not db.isdigit()):
+    if not parts.hostname or (db and not (db.isascii() and db.isdigit())):
         raise ConfigError(variable, problem)
 
 
@@ -485,7 +483,7 @@ def _check_query(variable: str, url: str) -> None:
             )
         if not value:
             raise ConfigError(variable, f"has an empty {name!r} query parameter")
-        if name == "db" and not value.isdigit():
+        if name == "db" and not (value.isascii() and value.isdigit()):
             raise ConfigError(variable, "has a db query parameter that is not a number")
 
 

@@ -56,6 +56,21 @@ def test_secrets_are_redacted_wherever_they_appear() -> None:
     assert "Bearer ***" in text
 
 
+def test_a_secret_with_quotes_and_backslashes_is_redacted_in_the_json_line() -> None:
+    # The line is redacted after JSON encoding, where `"` and `\` are escaped.
+    secret = 'key"with\\odd-chars'
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(Redactor([secret])))
+    logger = logging.getLogger("test.logs.escaped")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.info("the key is %s", secret)
+    line = stream.getvalue()
+    assert json.loads(line)["msg"] == "the key is ***"
+    assert secret not in json.loads(line)["msg"]
+
+
 def test_tracebacks_are_redacted() -> None:
     redactor = Redactor(["s3cr3t-value"])
     stream = io.StringIO()

@@ -16,7 +16,7 @@ def test_defaults_need_no_configuration(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.chdir(tmp_path)
     settings = load_settings({})
     assert settings == Settings()
-    assert not settings.uses_redis
+    assert settings.redis_url is None
     assert settings.broker is None
     assert settings.compatibility_notes == []
 
@@ -157,6 +157,9 @@ def test_redact_url(url: str, expected: str) -> None:
         ("redis://:pw@h", "redis://:pw@h/1"),
         ("redis://h/0?ssl_cert_reqs=none", "redis://h/1?ssl_cert_reqs=none"),
         ("unix:///s.sock?db=0", "unix:///s.sock?db=1"),
+        # redis-py prefers a `db=` query to the path: the broker must not stay on DB 0.
+        ("redis://h/0?db=0", "redis://h/1"),
+        ("rediss://h/0?db=0&ssl_cert_reqs=none", "rediss://h/1?ssl_cert_reqs=none"),
     ],
 )
 def test_with_db(url: str, expected: str) -> None:

@@ -150,6 +150,9 @@ def test_frame_urls_are_signed_and_expire(app: App, video: bytes) -> None:
         f"{path}?expires={params['expires']}&signature={params['signature'][:-2]}AA",
         f"{path}?expires={params['expires']}",
         f"{path}?expires=soon&signature={params['signature']}",
+        # Digits that are not ASCII, a signature that is not: 403, never a 500.
+        f"{path}?expires=%C2%B2&signature={params['signature']}",
+        f"{path}?expires={params['expires']}&signature=%C3%A9{params['signature'][2:]}",
     ]
     for bad in tampered:
         assert error_of(app.client.get(bad), 403)["code"] == "forbidden", bad
@@ -233,7 +236,7 @@ def test_dead_jobs_are_listed_and_replayed(app: App) -> None:
     error_of(running_or_not, 404)
 
 
-@pytest.mark.parametrize("query", ["?limit=0", "?limit=abc", "?limit=5000"])
+@pytest.mark.parametrize("query", ["?limit=0", "?limit=abc", "?limit=5000", "?limit=%C2%B2"])
 def test_dead_list_limit_is_checked(app: App, query: str) -> None:
     error_of(app.client.get(f"/internal/jobs/dead{query}", headers=app.internal), 422)
 

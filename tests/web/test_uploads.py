@@ -117,6 +117,23 @@ def test_a_malformed_multipart_body(app: App) -> None:
     assert app.uploads() == []
 
 
+def test_a_form_parts_headers_are_bounded(app: App) -> None:
+    # Only the video's bytes may be large: the multipart parser bounds a part's header.
+    alice = app.login("alice")
+    body = (
+        b"--b\r\nContent-Disposition: form-data; name=\"video\"\r\nX-Pad: "
+        + b"a" * 65536
+        + b"\r\n\r\nxx\r\n--b--\r\n"
+    )
+    response = app.client.post(
+        "/imports",
+        content=body,
+        headers={**alice, "Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert "header size" in error_of(response, 400)["message"]
+    assert app.uploads() == []
+
+
 def test_the_guide_as_a_page_to_read(app: App, video: bytes) -> None:
     alice = app.login("alice")
     response = app.client.post(

@@ -15,7 +15,13 @@ from ondoki_adapters.web.http import error_response
 #: Every method the API answers to.
 METHODS = ("GET", "POST", "PUT", "DELETE")
 #: Request headers a browser app may send (anything else fails the preflight).
-REQUEST_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID")
+REQUEST_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "Content-Disposition",
+    "Idempotency-Key",
+    "X-Request-ID",
+)
 #: Response headers a browser app may read besides the CORS-safelisted ones.
 EXPOSED_HEADERS = ("X-Request-ID", "Location", "WWW-Authenticate", "Content-Disposition")
 #: How long a browser may cache a preflight's answer.

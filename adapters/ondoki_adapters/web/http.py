@@ -55,7 +55,7 @@ async def read_body(request: Request, *, limit: int, setting: str | None = None)
     itself waits for a body forever)."""
     where = "" if setting is None else f" ({setting})"
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"request body is {declared} bytes; the limit is {limit}{where}")
     idle = services(request).settings.body_idle_timeout_seconds
     chunks: list[bytes] = []
@@ -140,6 +140,6 @@ def query_limit(request: Request, default: int, maximum: int) -> int:
     """The `?limit=` query parameter, `default` when absent; `InvalidInput` unless it is an
     integer from 1 to `maximum`."""
     raw = request.query_params.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise InvalidInput(f"limit must be an integer from 1 to {maximum}, got {raw[:32]!r}")
     return int(raw)

@@ -29,8 +29,9 @@ class ServiceCollector(Collector):
     def __init__(self) -> None:
         self.services: Services | None = None
         #: The latest job figures read from the queue, and when (`time.monotonic`).
-        self.jobs: JobStats | None = None
-        self.jobs_read_at: float | None = None
+        # The job figures and when they were read, replaced together: `collect` runs in a
+        # worker thread while a scrape on the event loop may refresh them.
+        self.jobs: tuple[JobStats, float] | None = None
 
     def collect(self) -> Iterator[Metric]:
         found = self.services
@@ -78,15 +79,17 @@ class ServiceCollector(Collector):
             "Gaps history could not cover in such a repair",
             pubsub.unrepaired_gaps,
         )
-        if self.jobs is not None and self.jobs_read_at is not None:
+        snapshot = self.jobs
+        if snapshot is not None:
+            jobs, read_at = snapshot
             yield _gauge(
                 "ondoki_job_stats_age_seconds",
                 "Age of the job figures below (read from the queue at most every "
                 "ONDOKI_METRICS_REFRESH_SECONDS, never by more than one scrape at a time)",
-                time.monotonic() - self.jobs_read_at,
+                time.monotonic() - read_at,
             )
             states = GaugeMetricFamily("ondoki_jobs", "Jobs per state", labels=["state"])
-            for state, count in sorted(self.jobs.states.items()):
+            for state, count in sorted(jobs.states.items()):
                 states.add_metric([state], count)
             yield states
             depth = GaugeMetricFamily("ondoki_queue_depth", "Jobs waiting", labels=["queue"])
@@ -96,7 +99,7 @@ class ServiceCollector(Collector):
             age = GaugeMetricFamily(
                 "ondoki_queue_oldest_age_seconds", "Age of the oldest waiting job", labels=["queue"]
             )
-            for queue, stats in sorted(self.jobs.queues.items()):
+            for queue, stats in sorted(jobs.queues.items()):
                 depth.add_metric([queue], stats.waiting)
                 delayed.add_metric([queue], stats.delayed)
                 age.add_metric([queue], stats.oldest_age or 0.0)
@@ -139,8 +142,8 @@ class MetricsEndpoint:
         self._refreshing = True
         try:
             with anyio.fail_after(STATS_TIMEOUT):
-                self.collector.jobs = await found.jobs.stats()
-            self.collector.jobs_read_at = time.monotonic()
+                stats = await found.jobs.stats()
+            self.collector.jobs = (stats, time.monotonic())
         except (OndokiError, TimeoutError) as exc:
             # The rest of the metrics still say something useful while the broker is down;
             # the job figures go, rather than stand for a state that may have changed.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import anyio
@@ -204,7 +205,12 @@ async def create_import(request: Request) -> Response:
         # Wins over a file name; a form's own title field (read later) wins over both.
         details.title = request.query_params["title"]
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > found.imports.max_bytes:
+    if (
+        declared is not None
+        and declared.isascii()
+        and declared.isdigit()
+        and int(declared) > found.imports.max_bytes
+    ):
         raise TooLarge(f"the upload is {declared} bytes; the limit is {found.imports.max_bytes}")
     key = request.headers.get("idempotency-key")
     job_id = await found.imports.known(session.user_id, key)
@@ -213,7 +219,9 @@ async def create_import(request: Request) -> Response:
             session.user_id,
             body,
             idempotency_key=key,
-            declared_bytes=int(declared) if declared is not None and declared.isdigit() else None,
+            declared_bytes=int(declared)
+            if declared is not None and declared.isascii() and declared.isdigit()
+            else None,
             details=details,
         )
     return json_response(wire.ImportAccepted(job_id), 202, {"Location": f"/jobs/{job_id}"})
@@ -229,7 +237,7 @@ async def import_guide(request: Request) -> Response:
     record = await _owned_job(request)
     guide, directory = await services(request).imports.guide(record)
     if form == "md":
-        return FileResponse(directory / "guide.md", media_type="text/markdown; charset=utf-8")
+        return await _file(directory / "guide.md", media_type="text/markdown; charset=utf-8")
     base = f"/imports/{record.id}/"
     urls = services(request).urls
     if form == "html":
@@ -260,9 +268,16 @@ async def import_frame(request: Request) -> Response:
     guide, directory = await found.imports.guide(record)
     path = found.imports.frame(guide, directory, "frames/" + name)
     # Private: the URL is a capability; the picture never changes, but the URL expires.
-    return FileResponse(
+    return await _file(
         path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"}
     )
+
+
+async def _file(path: Path, *, media_type: str, headers: dict[str, str] | None = None) -> Response:
+    # The sweep may have removed an old guide since it was read: 404, not a failed response.
+    if not await anyio.Path(path).is_file():
+        raise NotFound("the guide is gone (its files were removed)")
+    return FileResponse(path, media_type=media_type, headers=headers)
 
 
 async def dead_jobs(request: Request) -> Response:
