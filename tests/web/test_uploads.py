@@ -121,7 +121,7 @@ def test_a_form_parts_headers_are_bounded(app: App) -> None:
     # Only the video's bytes may be large: the multipart parser bounds a part's header.
     alice = app.login("alice")
     body = (
-        b"--b\r\nContent-Disposition: form-data; name=\"video\"\r\nX-Pad: "
+        b'--b\r\nContent-Disposition: form-data; name="video"\r\nX-Pad: '
         + b"a" * 65536
         + b"\r\n\r\nxx\r\n--b--\r\n"
     )
