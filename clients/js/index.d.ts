@@ -86,6 +86,7 @@ export declare const CloseCode: Readonly<{
   NORMAL: 1000;
   GOING_AWAY: 1001;
   ABNORMAL: 1006;
+  NOT_UTF8: 1007;
   POLICY: 1008;
   TOO_BIG: 1009;
   INTERNAL: 1011;
@@ -94,6 +95,7 @@ export declare const CloseCode: Readonly<{
   SESSION_ENDED: 4001;
   INVALID_TOKEN: 4003;
   TOO_SLOW: 4008;
+  TOO_MANY_SOCKETS: 4029;
 }>;
 
 export declare const DEFAULT_BACKOFF: Readonly<Backoff>;

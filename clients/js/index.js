@@ -11,6 +11,7 @@ export const CloseCode = Object.freeze({
   NORMAL: 1000,
   GOING_AWAY: 1001,
   ABNORMAL: 1006, // no close frame: the network, or a refused upgrade
+  NOT_UTF8: 1007, // a message that was not UTF-8 (a client bug)
   POLICY: 1008, // authentication failed (older servers)
   TOO_BIG: 1009,
   INTERNAL: 1011, // backend outage: reconnect and resume
@@ -19,6 +20,7 @@ export const CloseCode = Object.freeze({
   SESSION_ENDED: 4001, // logged out or expired: a new token, or stop
   INVALID_TOKEN: 4003, // the token was never valid: a new token, or stop
   TOO_SLOW: 4008, // could not keep up: reconnect and resume
+  TOO_MANY_SOCKETS: 4029, // the user has too many sockets open: said, then retried with backoff
 });
 
 // Codes after which the same token cannot work again.
@@ -241,6 +243,10 @@ export class OndokiClient {
         this._setState("stopped", { code, reason });
         return;
       }
+    }
+    if (code === CloseCode.TOO_MANY_SOCKETS) {
+      // Another tab or device may close one: say so, and keep trying at the backoff's pace.
+      this._emit("error", { code: "too_many_sockets", message: reason || `closed with ${code}`, closeCode: code });
     }
     this._retry({ code, reason });
   }

@@ -338,7 +338,8 @@ class RedisPublisher:
     What it publishes reaches the users' WebSockets on every `ondoki serve` sharing the
     Redis (same `namespace`, `history_size` and `history_ttl` as those instances), with
     the positions their clients resume from. Give it the Redis `url` (DB 0, as REDIS_URL;
-    the running event loop's driver is used), or a redis-py asyncio `client` with
+    the driver of the event loop running when it is built is used, so build it inside
+    `anyio.run` / `trio.run`, not at import time), or a redis-py asyncio `client` with
     `decode_responses=False` (then left open by `aclose`).
 
     Bad events raise `InvalidInput`, limits `TooLarge`, naming the item of a batch;

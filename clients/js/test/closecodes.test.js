@@ -75,6 +75,21 @@ describe("close codes", () => {
     });
   }
 
+  it("4029: says too_many_sockets and keeps trying at the backoff's pace", async () => {
+    const { FakeSocket, opened } = fakeSockets();
+    const client = new OndokiClient({ url: "http://h", token: "tok", WebSocket: FakeSocket, backoff: fast });
+    const errors = [];
+    client.on("error", (e) => errors.push(e));
+    client.start();
+    await until(() => client.state === "open", "open");
+    opened[0].serverCloses(CloseCode.TOO_MANY_SOCKETS, "too many sockets: at most 64 per user");
+    assert.equal(errors[0].code, "too_many_sockets");
+    assert.equal(errors[0].closeCode, 4029);
+    await until(() => opened.length === 2 && client.state === "open", "reconnected");
+    assert.deepEqual(opened[1].protocols, [SUBPROTOCOL, "bearer.tok"]);
+    client.stop();
+  });
+
   for (const code of [CloseCode.SESSION_ENDED, CloseCode.INVALID_TOKEN, CloseCode.POLICY]) {
     it(`${code}: stops without getToken`, async () => {
       const { FakeSocket, opened } = fakeSockets();
