@@ -19,6 +19,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -84,6 +85,7 @@ async def run(server: RedisServer, *, scale: float = 1.0) -> list[Figure]:
             if peer is not None:
                 stop(peer.process)
             figures += shown(await idle(server, c, peer_idle, clients, scale))
+            figures += await on_trio(server, workdir, env, clients, processes, scale)
         except BaseException:
             show_warnings(workdir)  # the folder, and the servers' logs, are about to go
             raise
@@ -93,6 +95,28 @@ async def run(server: RedisServer, *, scale: float = 1.0) -> list[Figure]:
             for process in processes:
                 stop(process)
     return figures
+
+
+async def on_trio(
+    server: RedisServer,
+    workdir: Path,
+    env: dict[str, str],
+    clients: ClientProcess,
+    processes: list[subprocess.Popen[bytes]],
+    scale: float,
+) -> list[Figure]:
+    """Fan-out and idle memory again with `--worker-class trio` (coredis; frames sent
+    through ASGI, as hypercorn's trio worker gives no transport to write to), beside the
+    asyncio figures: the peer runs on asyncio only, so these are reported, not compared."""
+    a, b, c = (ServeProcess(workdir, env, "--worker-class", "trio") for _ in range(3))
+    processes += [a.process, b.process, c.process]
+    for started in (a, b, c):
+        await anyio.to_thread.run_sync(started.wait_ready)
+    fanned = await fanout(server, a, b, None, clients, scale)
+    stop(a.process)
+    stop(b.process)
+    figures = fanned + await idle(server, c, None, clients, scale)
+    return shown([replace(f, name=f"trio: {f.name}") for f in figures if "floor" not in f.name])
 
 
 def shown(figures: list[Figure]) -> list[Figure]:
