@@ -11,7 +11,7 @@ import redis.exceptions as rex
 
 from ondoki.errors import CacheError, InvalidInput
 from ondoki_adapters.redis.connection import call, milliseconds
-from ondoki_adapters.redis.driver import Driver, RedisPyDriver, open_driver
+from ondoki_adapters.redis.driver import Driver, driver_for
 
 T = TypeVar("T")
 
@@ -40,12 +40,9 @@ class RedisCache:
         default_ttl: float = 86_400.0,
         timeout: float = 5.0,
     ) -> None:
-        if client is None:
-            if url is None:
-                raise ValueError("RedisCache needs a url or a client")
-            self.driver: Driver = open_driver(url, db=db, timeout=timeout)
-        else:
-            self.driver = RedisPyDriver(client, owned=False)
+        self.driver: Driver = driver_for(
+            "RedisCache", url, client, db=db, timeout=timeout, bytes_replies=False
+        )
         self.default_ttl = default_ttl
         #: The longest one operation (retries and pool waits included) may take.
         self.timeout = timeout

@@ -172,3 +172,25 @@ def open_driver(
         url, db=db, timeout=timeout, client_name=client_name, max_connections=max_connections
     )
     return RedisPyDriver(client, owned=True)
+
+
+def driver_for(
+    owner: str,
+    url: str | None,
+    client: aioredis.Redis | None,
+    *,
+    db: int | None = None,
+    timeout: float = 5.0,
+    client_name: str = "ondoki",
+    bytes_replies: bool = True,
+) -> Driver:
+    """The driver an adapter named `owner` runs on: a new one for `url` (the running event
+    loop's, see `open_driver`), or one over a caller's redis-py asyncio `client`, which it
+    leaves open. `bytes_replies`: refuse a client that decodes replies to text."""
+    if client is None:
+        if url is None:
+            raise ValueError(f"{owner} needs a url or a client")
+        return open_driver(url, db=db, timeout=timeout, client_name=client_name)
+    if bytes_replies and client.connection_pool.connection_kwargs.get("decode_responses"):
+        raise ValueError(f"{owner} needs a client with decode_responses=False")
+    return RedisPyDriver(client, owned=False)

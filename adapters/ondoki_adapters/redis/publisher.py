@@ -44,7 +44,7 @@ from ondoki_adapters.redis.connection import (
     describe,
     milliseconds,
 )
-from ondoki_adapters.redis.driver import Driver, RedisPyDriver, open_driver
+from ondoki_adapters.redis.driver import Driver, driver_for
 
 __all__ = [
     "PUBLISH_SCRIPT",
@@ -359,14 +359,9 @@ class RedisPublisher:
         max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     ) -> None:
-        if client is None:
-            if url is None:
-                raise ValueError("RedisPublisher needs a url or a client")
-            self.driver: Driver = open_driver(url, timeout=timeout, client_name="ondoki-publisher")
-        else:
-            if client.connection_pool.connection_kwargs.get("decode_responses"):
-                raise ValueError("RedisPublisher needs a client with decode_responses=False")
-            self.driver = RedisPyDriver(client, owned=False)
+        self.driver: Driver = driver_for(
+            "RedisPublisher", url, client, timeout=timeout, client_name="ondoki-publisher"
+        )
         self.channels = RedisChannels(
             self.driver,
             namespace=namespace,

@@ -36,7 +36,11 @@ from ondoki.errors import InvalidInput, PubSubError
 from ondoki.models import Gap, Message, Position, PubSubStats
 from ondoki.ports.pubsub import Publication
 from ondoki_adapters.redis.connection import call, describe, milliseconds
-from ondoki_adapters.redis.driver import Driver, PubSubConnection, RedisPyDriver, open_driver
+from ondoki_adapters.redis.driver import (
+    Driver,
+    PubSubConnection,
+    driver_for,
+)
 from ondoki_adapters.redis.publisher import RedisChannels
 
 T = TypeVar("T")
@@ -218,14 +222,7 @@ class RedisPubSub:
             raise ValueError("history_size, history_ttl and buffer must be positive")
         if not (timeout > 0 and health_interval > 0 and health_timeout > 0):
             raise ValueError("timeout, health_interval and health_timeout must be positive")
-        if client is None:
-            if url is None:
-                raise ValueError("RedisPubSub needs a url or a client")
-            self.driver: Driver = open_driver(url, timeout=timeout)
-        else:
-            if client.connection_pool.connection_kwargs.get("decode_responses"):
-                raise ValueError("RedisPubSub needs a client with decode_responses=False")
-            self.driver = RedisPyDriver(client, owned=False)
+        self.driver: Driver = driver_for("RedisPubSub", url, client, timeout=timeout)
         self.namespace = namespace
         self.history_size = history_size
         self.history_ttl = history_ttl
