@@ -48,14 +48,21 @@ def error_response(
     return json_response({"error": {"code": code, "message": message}}, status_code, headers)
 
 
+def declared_length(request: Request) -> int | None:
+    """The body's Content-Length, when it is a plain decimal number (else None: the body's
+    own size is what counts then)."""
+    raw = request.headers.get("content-length")
+    return int(raw) if raw is not None and raw.isascii() and raw.isdigit() else None
+
+
 async def read_body(request: Request, *, limit: int, setting: str | None = None) -> bytes:
     """The whole body, refused with `TooLarge` as soon as it passes `limit` bytes (the
     message names `setting`, the variable that sets the limit, when given), and with
     `BodyTimeout` when nothing arrives for ONDOKI_BODY_IDLE_TIMEOUT_SECONDS (the server
     itself waits for a body forever)."""
     where = "" if setting is None else f" ({setting})"
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
         raise TooLarge(f"request body is {declared} bytes; the limit is {limit}{where}")
     idle = services(request).settings.body_idle_timeout_seconds
     chunks: list[bytes] = []

@@ -28,6 +28,7 @@ from ondoki_adapters.web.http import (
     UnsupportedMediaType,
     UpgradeRequired,
     check_json,
+    declared_length,
     decode_with,
     json_response,
     query_limit,
@@ -204,13 +205,8 @@ async def create_import(request: Request) -> Response:
     if "title" in request.query_params:
         # Wins over a file name; a form's own title field (read later) wins over both.
         details.title = request.query_params["title"]
-    declared = request.headers.get("content-length")
-    if (
-        declared is not None
-        and declared.isascii()
-        and declared.isdigit()
-        and int(declared) > found.imports.max_bytes
-    ):
+    declared = declared_length(request)
+    if declared is not None and declared > found.imports.max_bytes:
         raise TooLarge(f"the upload is {declared} bytes; the limit is {found.imports.max_bytes}")
     key = request.headers.get("idempotency-key")
     job_id = await found.imports.known(session.user_id, key)
@@ -219,9 +215,7 @@ async def create_import(request: Request) -> Response:
             session.user_id,
             body,
             idempotency_key=key,
-            declared_bytes=int(declared)
-            if declared is not None and declared.isascii() and declared.isdigit()
-            else None,
+            declared_bytes=declared,
             details=details,
         )
     return json_response(wire.ImportAccepted(job_id), 202, {"Location": f"/jobs/{job_id}"})
