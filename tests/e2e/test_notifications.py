@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.conftest import Start
 from tests.e2e.process import ServeProcess
-from tests.e2e.ws import WsClient, login, publish
+from tests.e2e.ws import WsClient, login, publish, publish_retrying
 from tests.redis_server import RedisServer
 from tests.waits import metric
 
@@ -131,21 +131,7 @@ def test_killed_pubsub_connections_lose_nothing(start: Start, fresh_redis: Redis
     def publisher() -> None:
         for n in range(total):
             # A publish whose connection was killed is retried with the same id: idempotent.
-            for _ in range(50):
-                try:
-                    response = httpx.post(
-                        f"{a.url}/internal/notifications",
-                        json={"user_id": "alice", "type": "tick", "data": n, "id": f"tick-{n}"},
-                        headers={"Authorization": f"Bearer {KEY}"},
-                        timeout=10,
-                    )
-                except httpx.TransportError as exc:
-                    errors.append(str(exc))
-                    continue
-                if response.status_code == 202:
-                    break
-                errors.append(response.text)
-                time.sleep(0.02)
+            publish_retrying(a.url, KEY, n, errors)
             time.sleep(0.005)
 
     def received(client: WsClient) -> list[Any]:

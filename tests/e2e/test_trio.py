@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e.conftest import Start
 from tests.e2e.process import ServeProcess
-from tests.e2e.ws import WsClient, login, publish
+from tests.e2e.ws import WsClient, login, publish, publish_retrying
 from tests.media.generate import Scene, write_video
 from tests.redis_server import RedisServer
 
@@ -94,25 +94,6 @@ def test_jobs_enqueued_on_trio_are_read_and_cancelled_from_either(
     client.close()
 
 
-def publish_retrying(base_url: str, n: int, errors: list[str]) -> None:
-    """Publish `tick` number `n` with an idempotency id, retrying until it is accepted."""
-    for _ in range(50):
-        try:
-            response = httpx.post(
-                f"{base_url}/internal/notifications",
-                json={"user_id": "alice", "type": "tick", "data": n, "id": f"tick-{n}"},
-                headers={"Authorization": f"Bearer {KEY}"},
-                timeout=10,
-            )
-        except httpx.TransportError as exc:
-            errors.append(str(exc))
-            continue
-        if response.status_code == 202:
-            return
-        errors.append(response.text)
-        time.sleep(0.02)
-
-
 def test_killed_connections_on_trio_lose_and_repeat_nothing(
     start: Start, fresh_redis: RedisServer
 ) -> None:
@@ -126,7 +107,7 @@ def test_killed_connections_on_trio_lose_and_repeat_nothing(
     def publisher() -> None:
         for n in range(total):
             # Alternately on each instance: both publish paths see the kills.
-            publish_retrying((t if n % 2 else a).url, n, errors)
+            publish_retrying((t if n % 2 else a).url, KEY, n, errors)
             time.sleep(0.005)
 
     thread = threading.Thread(target=publisher)

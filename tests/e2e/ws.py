@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from typing import Any
 
 import httpx2 as httpx
@@ -107,3 +108,24 @@ def publish(
     )
     assert response.status_code == 202, response.text
     return response.json()["epoch"], response.json()["offset"]
+
+
+def publish_retrying(base_url: str, api_key: str, n: int, errors: list[str]) -> None:
+    """Publish alice's `tick` number `n` with an idempotency id, retrying until it is
+    accepted (a publish whose connection was killed is sent again: the id makes it once);
+    what went wrong meanwhile is added to `errors`."""
+    for _ in range(50):
+        try:
+            response = httpx.post(
+                f"{base_url}/internal/notifications",
+                json={"user_id": "alice", "type": "tick", "data": n, "id": f"tick-{n}"},
+                headers={"Authorization": f"Bearer {api_key}"},
+                timeout=10,
+            )
+        except httpx.TransportError as exc:
+            errors.append(str(exc))
+            continue
+        if response.status_code == 202:
+            return
+        errors.append(response.text)
+        time.sleep(0.02)
