@@ -12,6 +12,10 @@ import anyio.lowlevel
 from ondoki.adapterkit.cursor import Cursor
 from ondoki.models import Delivery, Message
 
+#: The most entries one page of replayed history holds, besides its byte bound: the same for
+#: every adapter, so a subscriber behind holds as much on each.
+REPLAY_PAGE_ENTRIES = 256
+
 
 class BufferedSubscription(ABC):
     """A replay queue, a bounded live buffer and a cursor, shared by every PubSub adapter.

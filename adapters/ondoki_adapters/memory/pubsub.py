@@ -13,13 +13,10 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from ondoki.adapterkit.cursor import Cursor
-from ondoki.adapterkit.subscription import BufferedSubscription
+from ondoki.adapterkit.subscription import REPLAY_PAGE_ENTRIES, BufferedSubscription
 from ondoki.errors import InvalidInput, PubSubError
 from ondoki.models import Gap, Message, Position, PubSubStats
 from ondoki.ports.pubsub import Publication
-
-#: The most entries one page of replayed history holds (besides its byte bound).
-PAGE_ENTRIES = 256
 
 
 class _History:
@@ -41,7 +38,7 @@ class _History:
             if entry[0] <= offset:
                 continue
             size += len(entry[1])
-            if page and (size > page_bytes or len(page) >= PAGE_ENTRIES):
+            if page and (size > page_bytes or len(page) >= REPLAY_PAGE_ENTRIES):
                 break
             page.append(entry)
         return page
@@ -95,7 +92,7 @@ class MemoryPubSub:
     idempotency keys) expires `history_ttl` seconds after the last publish, and the next
     publish then starts a new epoch at offset 1. Each subscription buffers up to `buffer`
     live messages; a subscriber that falls further behind is refilled from history. History
-    is replayed in pages of at most `replay_page_bytes` of payloads (and `PAGE_ENTRIES`
+    is replayed in pages of at most `replay_page_bytes` of payloads (and `REPLAY_PAGE_ENTRIES`
     entries), each read when the subscriber has taken the one before.
     """
 

@@ -31,7 +31,7 @@ import redis.exceptions as rex
 from anyio.abc import TaskGroup, TaskStatus
 
 from ondoki.adapterkit.cursor import Cursor
-from ondoki.adapterkit.subscription import BufferedSubscription
+from ondoki.adapterkit.subscription import REPLAY_PAGE_ENTRIES, BufferedSubscription
 from ondoki.errors import InvalidInput, PubSubError
 from ondoki.models import Gap, Message, Position, PubSubStats
 from ondoki.ports.pubsub import Publication
@@ -82,9 +82,6 @@ if first then
 end
 return {epoch, latest, entries}
 """
-
-# The most entries one page of replayed history holds (besides its byte bound).
-PAGE_ENTRIES = 256
 
 _decode_envelope = msgspec.msgpack.Decoder(tuple[str, int, bytes]).decode
 
@@ -194,7 +191,7 @@ class RedisPubSub:
     history from its last delivered offset, or yields a `Gap` when history cannot cover it.
 
     History is replayed in pages of at most `replay_page_bytes` of payloads (and
-    `PAGE_ENTRIES` entries), each read when the subscriber has taken the one before.
+    `REPLAY_PAGE_ENTRIES` entries), each read when the subscriber has taken the one before.
 
     `timeout` bounds connecting and how long `subscribe` waits for the server to confirm.
     Publishing without an idempotency key is never retried (a lost reply could mean it was
@@ -260,7 +257,7 @@ class RedisPubSub:
     # -- keys and commands -----------------------------------------------------------------
 
     def _key(self, kind: str, channel: str) -> str:
-        return f"{self.namespace}:{kind}:{channel}"
+        return self.channels.calls.key(kind, channel)
 
     async def _call(
         self, what: str, operation: Callable[[], Awaitable[T]], *, idempotent: bool = True
@@ -282,7 +279,7 @@ class RedisPubSub:
             self._ttl_ms,
             epoch or "",
             offset + 1,
-            PAGE_ENTRIES,
+            REPLAY_PAGE_ENTRIES,
             self.replay_page_bytes,
         ]
         reply = await self._call(
