@@ -6,7 +6,7 @@ import pytest
 import redis.exceptions as rex
 
 from ondoki.errors import PubSubError
-from ondoki_adapters.redis.connection import call
+from ondoki_adapters.redis.connection import call, call_blocking
 
 pytestmark = pytest.mark.anyio
 
@@ -19,6 +19,9 @@ class Flaky:
         self.calls = 0
 
     async def __call__(self) -> str:
+        return self.sync()
+
+    def sync(self) -> str:
         self.calls += 1
         if self.calls <= self.failures:
             raise rex.ConnectionError("Connection closed by server.")
@@ -41,3 +44,15 @@ async def test_an_idempotent_operation_is_retried_after_a_lost_connection() -> N
         operation, error=PubSubError, what="publish", idempotent=True, deadline=5, backoff=0
     )
     assert (result, operation.calls) == ("done", 3)
+
+
+def test_the_blocking_call_retries_the_same_way() -> None:
+    once = Flaky(1)
+    with pytest.raises(PubSubError, match="publish: cannot reach Redis"):
+        call_blocking(once.sync, error=PubSubError, what="publish", idempotent=False)
+    assert once.calls == 1
+    twice = Flaky(2)
+    result = call_blocking(
+        twice.sync, error=PubSubError, what="publish", idempotent=True, backoff=0
+    )
+    assert (result, twice.calls) == ("done", 3)

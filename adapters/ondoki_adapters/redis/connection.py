@@ -174,3 +174,29 @@ async def _attempts(
         except rex.RedisError as exc:
             raise error(f"{what}: {describe(exc)}") from None
     raise AssertionError("unreachable")
+
+
+def call_blocking(
+    operation: Callable[[], T],
+    *,
+    error: type[BackendError],
+    what: str,
+    idempotent: bool,
+    attempts: int = 3,
+    backoff: float = 0.05,
+) -> T:
+    """`call` for redis-py's blocking client (code that is not async): the same retries of
+    what is safe to repeat, the same errors; the client's own timeouts bound each attempt."""
+    tries = attempts if idempotent else 1
+    for attempt in range(1, tries + 1):
+        try:
+            return operation()
+        except _PERMANENT as exc:
+            raise error(f"{what}: {describe(exc)}") from None
+        except _TRANSIENT as exc:
+            if attempt == tries:
+                raise error(f"{what}: {describe(exc)}") from None
+            time.sleep(random.uniform(0, backoff * 2**attempt))
+        except rex.RedisError as exc:
+            raise error(f"{what}: {describe(exc)}") from None
+    raise AssertionError("unreachable")

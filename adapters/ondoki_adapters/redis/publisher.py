@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -24,7 +23,6 @@ from typing import Any, Self
 import anyio
 import redis
 import redis.asyncio as aioredis
-import redis.exceptions as rex
 
 from ondoki.domain.notifications.publishing import (
     DEFAULT_MAX_BATCH_BYTES,
@@ -40,8 +38,8 @@ from ondoki.ports.pubsub import Publication
 from ondoki.support.redact import redact_url
 from ondoki_adapters.redis.connection import (
     call,
+    call_blocking,
     client_options,
-    describe,
     milliseconds,
 )
 from ondoki_adapters.redis.driver import Driver, driver_for
@@ -316,20 +314,15 @@ class SyncRedisChannels:
         if not publications:
             return []
         keys, args = self.calls.request(publications)
-        what = _what(publications)
-        tries = self.attempts if self.calls.idempotent(publications) else 1
-        for attempt in range(1, tries + 1):
-            try:
-                return self.calls.positions(self._script(keys=keys, args=args))
-            except (rex.AuthenticationError, rex.AuthorizationError) as exc:
-                raise PubSubError(f"{what}: {describe(exc)}") from None
-            except (rex.ConnectionError, rex.TimeoutError) as exc:
-                if attempt == tries:
-                    raise PubSubError(f"{what}: {describe(exc)}") from None
-                time.sleep(random.uniform(0, self.backoff * 2**attempt))
-            except rex.RedisError as exc:
-                raise PubSubError(f"{what}: {describe(exc)}") from None
-        raise AssertionError("unreachable")
+        reply = call_blocking(
+            lambda: self._script(keys=keys, args=args),
+            error=PubSubError,
+            what=_what(publications),
+            idempotent=self.calls.idempotent(publications),
+            attempts=self.attempts,
+            backoff=self.backoff,
+        )
+        return self.calls.positions(reply)
 
 
 class RedisPublisher:
