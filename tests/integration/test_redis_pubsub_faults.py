@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from hashlib import sha256
 from typing import Any
 
@@ -48,17 +46,6 @@ async def admin_of(server: RedisServer) -> AsyncIterator[Callable[..., Awaitable
         yield driver.execute
     finally:
         await driver.aclose()
-
-
-@contextmanager
-def frozen(server: RedisServer) -> Iterator[None]:
-    """SIGSTOP the server: its sockets stay open but nothing answers (a half-open peer)."""
-    assert server.process is not None
-    os.kill(server.process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.process.pid, signal.SIGCONT)
 
 
 async def until(condition: Callable[[], bool], *, within: float = 5.0) -> None:
@@ -173,7 +160,7 @@ async def test_a_frozen_server_is_detected_and_the_reader_recovers(
         first = await pubsub.publish("frozen", b"m1")
         assert messages(await take(subscription, 1))[0].position == first
         await until(lambda: pubsub.connected)
-        with frozen(fresh_redis):
+        with fresh_redis.frozen():
             # No socket error ever comes from a stopped peer: only the PING deadline tells.
             await until(lambda: not pubsub.connected, within=3)
             assert pubsub.stats.reconnects == 1
