@@ -3,7 +3,9 @@
 The web adapter opens a budget per HTTP request (`budget()`); a backend adapter asks
 `allowance(timeout)` before each operation (its retries and pool waits included) and
 reports what it used with `spend`. Outside a request the adapter's own timeout applies to
-each operation alone.
+each operation alone. Code that runs a call on another thread's event loop for the caller
+hands that loop the caller's budget (`current`, then `carried` there): one budget, spent
+from both sides.
 """
 
 from __future__ import annotations
@@ -33,6 +35,22 @@ def budget() -> Iterator[Budget]:
     token = _current.set(Budget())
     try:
         yield _current.get() or Budget()
+    finally:
+        _current.reset(token)
+
+
+def current() -> Budget | None:
+    """The budget the running code spends from, if any: to hand to `carried`."""
+    return _current.get()
+
+
+@contextmanager
+def carried(over: Budget | None) -> Iterator[None]:
+    """Spend from `over` (a caller's `current()`, taken on its own event loop) inside;
+    None: no budget, as for a caller outside any request."""
+    token = _current.set(over)
+    try:
+        yield
     finally:
         _current.reset(token)
 

@@ -3,35 +3,21 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx2 as httpx
 import pytest
 
 from tests.e2e.conftest import Start
 from tests.e2e.test_serve import API_KEY, login
+from tests.postgres_server import migrated, throwaway_database
 from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 TIMEOUT = 2.0
 INTERNAL = {"Authorization": f"Bearer {API_KEY}"}
-
-
-@contextmanager
-def stopped(server: RedisServer) -> Iterator[None]:
-    """The server frozen (SIGSTOP): connections stay open, nothing answers."""
-    assert server.process is not None
-    os.kill(server.process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.process.pid, signal.SIGCONT)
 
 
 def timed(method: str, url: str, **kwargs: object) -> tuple[httpx.Response, float]:
@@ -54,7 +40,7 @@ def test_a_hung_redis_answers_503_within_the_timeout(
         ONDOKI_REDIS_TIMEOUT_SECONDS=str(TIMEOUT),
     ).wait_ready()
     alice = login(server.url, API_KEY, "alice")
-    with stopped(fresh_redis):
+    with fresh_redis.frozen():
         # Before: three attempts of a full socket timeout each, plus the pool's own wait.
         for method, path, body in (
             ("PUT", "/state/k", {"json": {"a": 1}}),
@@ -73,6 +59,37 @@ def test_a_hung_redis_answers_503_within_the_timeout(
         assert "Redis" in created.json()["error"]["message"]
     # And it recovers.
     assert httpx.put(f"{server.url}/state/k", json={"a": 2}, headers=alice).status_code == 200
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
+def test_a_hung_redis_costs_a_job_request_one_timeout_on_either_loop(
+    start: Start, fresh_redis: RedisServer, worker_class: str
+) -> None:
+    with throwaway_database() as database:
+        server = start(
+            "--worker-class",
+            worker_class,
+            REDIS_URL=fresh_redis.url(0),
+            DATABASE_URL=migrated(database),
+            ONDOKI_API_KEY=API_KEY,
+            ONDOKI_REDIS_TIMEOUT_SECONDS=str(TIMEOUT),
+        ).wait_ready()
+        alice = login(server.url, API_KEY, "alice")
+        with fresh_redis.frozen():
+            # The session cache spends the request's Redis budget, the database knows the
+            # session, and the job queue gets what is left: nothing. On trio the queue runs
+            # on an asyncio loop of its own (the bridge), which is handed the budget; before,
+            # it started a timeout of its own (two in all).
+            response, took = timed("GET", f"{server.url}/jobs/{'0' * 32}", headers=alice)
+            assert response.status_code == 503, response.text
+            assert took < TIMEOUT * 1.75, f"took {took:.1f} s"
+            # Straight to the job queue (the API key needs no session): one timeout.
+            dead, took = timed("GET", f"{server.url}/internal/jobs/dead", headers=INTERNAL)
+            assert dead.status_code == 503, dead.text
+            assert took < TIMEOUT * 1.75, f"took {took:.1f} s"
+            assert "Redis" in dead.json()["error"]["message"]
+        assert timed("GET", f"{server.url}/internal/jobs/dead", headers=INTERNAL)[0].is_success
 
 
 def test_a_killed_redis_is_503_and_readyz_names_it_only_to_the_api_key(
@@ -117,7 +134,7 @@ def test_metrics_scrapes_do_not_queue_behind_a_hung_redis(
         took.append(seconds)
 
     time.sleep(0.6)  # the snapshot is due again
-    with stopped(fresh_redis):
+    with fresh_redis.frozen():
         threads = [threading.Thread(target=scrape) for _ in range(10)]
         for thread in threads:
             thread.start()

@@ -9,7 +9,7 @@ import redis.exceptions as rex
 
 from ondoki.entrypoints.bootstrap import build_cache, build_jobs, build_kinds, build_pubsub
 from ondoki.errors import CacheError
-from ondoki.support.deadline import budget
+from ondoki.support.deadline import budget, carried, current
 from ondoki.support.settings import Settings
 from ondoki_adapters.redis.cache import RedisCache
 from ondoki_adapters.redis.connection import call
@@ -48,6 +48,21 @@ async def test_calls_in_one_budget_share_its_time() -> None:
     # Outside the budget, each operation has its own deadline again.
     with pytest.raises(CacheError, match=r"within 0\.3 s"):
         await call(hang, error=CacheError, what="get", idempotent=True, deadline=0.3)
+
+
+async def test_a_carried_budget_is_spent_where_it_is_carried() -> None:
+    with budget() as request:
+        over = current()
+    assert over is request
+    with carried(over), pytest.raises(CacheError, match=r"within 0\.3 s"):
+        await call(hang, error=CacheError, what="get", idempotent=True, deadline=0.3)
+    assert request.left == 0
+    # Carrying None: no budget, even inside one.
+    with budget(), carried(None):
+        with pytest.raises(CacheError, match=r"within 0\.3 s"):
+            await call(hang, error=CacheError, what="get", idempotent=True, deadline=0.3)
+        with pytest.raises(CacheError, match=r"within 0\.3 s"):
+            await call(hang, error=CacheError, what="get", idempotent=True, deadline=0.3)
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # redis-py has no trio support

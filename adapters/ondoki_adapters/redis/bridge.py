@@ -7,6 +7,10 @@ to that loop, and the trio task waits for it in a worker thread
 (`anyio.to_thread.run_sync`), so nothing the queue does ever blocks the trio loop.
 Cancelling the trio task cancels the coroutine on the asyncio loop.
 
+The coroutine spends the caller's Redis budget (`ondoki.support.deadline`): a request's job
+calls share one deadline with its other Redis calls, as on asyncio. The waiting threads are
+the bridge's own (`WAITING_THREADS`), not anyio's shared default limiter.
+
 The job API is low-rate (an enqueue, a status read, a cancel per user action); the hops
 cost a few hundred microseconds, next to the milliseconds a job takes to run.
 """
@@ -28,16 +32,28 @@ import anyio.to_thread
 from ondoki.domain.jobs import JobKinds
 from ondoki.models import InstanceInfo, JobPage, JobRecord, JobState, JobStats, WorkerInfo
 from ondoki.ports.jobs import JobNotify, JobQueue
+from ondoki.support.deadline import Budget, carried, current
 from ondoki_adapters.redis.driver import running_library
 from ondoki_adapters.redis.jobs import DramatiqJobQueue
 
 T = TypeVar("T")
 
+#: Threads a `ThreadedJobQueue` waits for its calls in: one per call in flight, parked on
+#: the call's result (the work runs on the asyncio loop). Its own limiter, so that job calls
+#: neither take nor wait for the threads of anyio's shared default limiter (40, for every
+#: `to_thread` user: file and media work among them). Sixteen calls in flight at once is
+#: far beyond the job API's rate while Redis answers (each takes well under a millisecond);
+#: when it hangs, later calls wait for a thread while their coroutines run on (and time out,
+#: within their budget) on the asyncio loop, so a thread comes free within one timeout.
+WAITING_THREADS = 16
+
 
 class AsyncioThread:
-    """An asyncio event loop running on a daemon thread until `aclose`."""
+    """An asyncio event loop running on a daemon thread until `aclose`; its callers wait
+    for their calls in at most `threads` threads of its own."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, threads: int = 1) -> None:
+        self._waiting = anyio.CapacityLimiter(threads)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -60,13 +76,16 @@ class AsyncioThread:
             self.loop.close()
 
     async def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run `coroutine` on the asyncio loop; its result, waited for in a worker thread."""
+        """Run `coroutine` on the asyncio loop, spending the caller's Redis budget; its
+        result, waited for in a worker thread."""
         # Submitted from an empty context: the caller's would tell anyio (through sniffio's
-        # context variable) that the coroutine runs on trio.
+        # context variable) that the coroutine runs on trio. The budget is all it takes.
         submit = asyncio.run_coroutine_threadsafe
-        future = contextvars.Context().run(submit, coroutine, self.loop)
+        future = contextvars.Context().run(submit, _spending(current(), coroutine), self.loop)
         try:
-            return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+            return await anyio.to_thread.run_sync(
+                future.result, abandon_on_cancel=True, limiter=self._waiting
+            )
         except anyio.get_cancelled_exc_class():
             future.cancel()
             raise
@@ -74,7 +93,12 @@ class AsyncioThread:
     async def aclose(self) -> None:
         if self._thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
-            await anyio.to_thread.run_sync(self._thread.join)
+            await anyio.to_thread.run_sync(self._thread.join, limiter=self._waiting)
+
+
+async def _spending(over: Budget | None, coroutine: Coroutine[Any, Any, T]) -> T:
+    with carried(over):
+        return await coroutine
 
 
 async def on_asyncio(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -100,7 +124,7 @@ class ThreadedJobQueue:
         *,
         notify: JobNotify | None = None,
     ) -> None:
-        self._thread = AsyncioThread("ondoki jobs (asyncio)")
+        self._thread = AsyncioThread("ondoki jobs (asyncio)", threads=WAITING_THREADS)
         self._token = anyio.lowlevel.current_token()
         self._notify = notify
         relay: JobNotify | None = None if notify is None else self._relay
@@ -115,12 +139,15 @@ class ThreadedJobQueue:
 
     async def _relay(self, record: JobRecord) -> None:
         # On the asyncio loop: hand the record to the caller's loop from a worker thread,
-        # so that neither loop blocks the other.
+        # so that neither loop blocks the other; the notification (a Redis publish) spends
+        # the budget of the call that made it, as on asyncio.
         assert self._notify is not None
         notify = self._notify
+        over = current()
 
         async def tell_record() -> None:
-            await notify(record)
+            with carried(over):
+                await notify(record)
 
         tell = functools.partial(anyio.from_thread.run, tell_record, token=self._token)
         await asyncio.get_running_loop().run_in_executor(None, tell)
@@ -132,8 +159,16 @@ class ThreadedJobQueue:
         if self._queue is None:
             async with self._creating:
                 if self._queue is None:
-                    self._queue = await self._thread.call(self._create())
+                    self._queue = await self._build()
         return self._queue
+
+    async def _build(self) -> DramatiqJobQueue:
+        # Shielded: a caller cancelled while the loop builds the queue would leave it built
+        # there with nobody to close it. Building connects nothing (the clients connect on
+        # first use), so the shield holds a cancel up only briefly.
+        with anyio.CancelScope(shield=True):
+            built = await self._thread.call(self._create())
+        return built
 
     async def enqueue(
         self,
@@ -223,12 +258,14 @@ class ThreadedJobQueue:
         await self._on_loop(jobs.ping)
 
     async def aclose(self) -> None:
-        try:
-            if self._queue is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._on_loop(self._queue.aclose)
-        finally:
-            await self._thread.aclose()
+        # Under the build's lock: a queue being built meanwhile is closed too.
+        with anyio.CancelScope(shield=True):
+            async with self._creating:
+                try:
+                    if self._queue is not None:
+                        await self._on_loop(self._queue.aclose)
+                finally:
+                    await self._thread.aclose()
 
 
 async def _invoke(method: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
