@@ -11,7 +11,9 @@ client work runs in a server's process. The bench process itself only publishes.
 - `fanout`: 1,000 WebSockets on B in three shapes (1 x 1,000, 100 x 10, 1,000 x 1), published
   to over HTTP (single events, batches) and through the publisher library, against the peer;
 - `steady`: 1,000 events/s over 1,000 users, p99 against the peer's;
-- `idle`: memory per connection at 5,000 idle WebSockets, against the peer's.
+- `idle`: memory per connection at 5,000 idle WebSockets, against the peer's;
+- `publishing`: sequential `RedisPublisher.publish` on trio against asyncio, straight to
+  Redis (run first, while no `ondoki serve` runs).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from tests.bench.notifications.common import (
 from tests.bench.notifications.fanout import fanout
 from tests.bench.notifications.idle import idle
 from tests.bench.notifications.latency import latency
+from tests.bench.notifications.publishing import publishing
 from tests.bench.notifications.steady import steady
 from tests.bench.report import Figure, print_figures
 from tests.e2e.process import ServeProcess, clean_env
@@ -61,7 +64,7 @@ async def run(server: RedisServer, *, scale: float = 1.0) -> list[Figure]:
         ONDOKI_SHUTDOWN_GRACE_SECONDS="2",
         ONDOKI_LOG_LEVEL="warning",
     )
-    figures: list[Figure] = []
+    figures: list[Figure] = shown(await publishing(server, scale))
     processes: list[subprocess.Popen[bytes]] = []
     clients: ClientProcess | None = None
     with tempfile.TemporaryDirectory(prefix="ondoki-bench-") as tmp:
