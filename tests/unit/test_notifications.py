@@ -1,8 +1,10 @@
 """The notification hub's protocol with a fake client over MemoryPubSub, on both backends.
 
-Every test runs twice: against a client whose frames the hub queues and `send`s one by one,
-and against one that writes frames itself at once (`ClientConnection.writer`, the web
-adapter's fast path), so that both outboxes keep the same protocol.
+Every test runs three times: against a client whose frames the hub queues and `send`s one
+by one, against one that writes frames itself at once (`ClientConnection.writer`, the web
+adapter's fast path, as on asyncio), and against one whose writer keeps what the client does
+not take waiting for the hub's flush task (the same path on trio), so that both outboxes keep
+the same protocol.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ class FakeClient:
     """A client connection: frames the server sent, and a way to talk back or stall.
 
     `kind` "direct" gives the hub a writer: a stalled client's frames then pile up as
-    unsent bytes, as in a transport's buffer; "queued" has none, and `send` blocks instead.
+    unsent bytes, as in a transport's buffer; "flushed" too, but they wait for the hub's
+    `flush`, as on a trio socket; "queued" has none, and `send` blocks instead.
     """
 
     made: ClassVar[list[FakeClient]] = []
-    kind: ClassVar[Literal["queued", "direct"]] = "queued"
+    kind: ClassVar[Literal["queued", "direct", "flushed"]] = "queued"
 
     def __init__(self) -> None:
         FakeClient.made.append(self)
@@ -45,6 +48,9 @@ class FakeClient:
         self.frames_send, self.frames = anyio.create_memory_object_stream[dict[str, Any]](10_000)
         self.stalled = anyio.Event()
         self.stall = False
+        self.reading = anyio.Event()  # set when a stalled client reads again
+        self.flushes = 0  # flushes that wrote everything that waited
+        self.flush_cancelled = False
         self.closed: tuple[int, str] | None = None
         self.closed_event = anyio.Event()
         self.finished = anyio.Event()  # set when the hub's serve() returned
@@ -61,7 +67,7 @@ class FakeClient:
 
     def write(self, frame: Frame) -> int:
         self.written.append(frame)
-        if self.stall:
+        if self.stall or self.held:
             self.held.append(frame)
         else:
             self.frames_send.send_nowait(json.loads(frame.text))
@@ -70,9 +76,30 @@ class FakeClient:
     def unsent(self) -> int:
         return sum(len(f.data) for f in self.held)
 
+    def waiting(self) -> bool:
+        return self.kind == "flushed" and bool(self.held)
+
+    async def flush(self) -> None:
+        assert self.kind == "flushed", "flush called where nothing can wait"
+        try:
+            while self.held:
+                if self.stall:
+                    await self.reading.wait()
+                self._deliver_held()
+        except anyio.get_cancelled_exc_class():
+            self.flush_cancelled = True
+            raise
+        self.flushes += 1
+
     def release(self) -> None:
-        """A stalled (direct) client reads again: it takes what it held, and what comes."""
+        """A stalled (direct) client reads again: it takes what it held (on its own, or by
+        the hub's flush), and what comes."""
         self.stall = False
+        self.reading.set()
+        if self.kind == "direct":
+            self._deliver_held()
+
+    def _deliver_held(self) -> None:
         for frame in self.held:
             self.frames_send.send_nowait(json.loads(frame.text))
         self.held.clear()
@@ -112,7 +139,7 @@ class FakeClient:
         return frames
 
 
-@pytest.fixture(autouse=True, params=["queued", "direct"])
+@pytest.fixture(autouse=True, params=["queued", "direct", "flushed"])
 def client_kind(request: pytest.FixtureRequest) -> Iterator[None]:
     FakeClient.kind = request.param
     yield
@@ -270,6 +297,43 @@ async def test_stalled_client_is_closed_without_slowing_others(
     with anyio.fail_after(3):
         await slow.finished.wait()
     assert slow.aborted and not fast.aborted
+
+
+# Only a writer that keeps frames waiting needs a flush:
+only_flushed = pytest.mark.parametrize("client_kind", ["flushed"], indirect=True)
+
+
+@only_flushed
+async def test_frames_left_waiting_are_flushed_by_a_task_that_ends_when_none_wait(
+    hub: NotificationHub, serve: Serve
+) -> None:
+    client = await serve()
+    client.stall = True
+    for n in range(3):
+        await hub.publish("alice", "tick", n)
+    await anyio.sleep(0.05)
+    assert client.unsent() > 0 and client.frames.statistics().current_buffer_used == 0
+    client.release()  # the flush task writes them, in order, then ends
+    assert [f["event"]["data"] for f in await client.notifications(3)] == [0, 1, 2]
+    await anyio.sleep(0.05)
+    assert client.flushes == 1
+    await hub.publish("alice", "tick", 3)  # nothing waits: written at once, no flush
+    assert (await client.next())["event"]["data"] == 3
+    assert client.flushes == 1 and client.closed is None
+
+
+@only_flushed
+async def test_a_flush_ends_with_its_client(hub: NotificationHub, serve: Serve) -> None:
+    client = await serve()
+    client.stall = True
+    await hub.publish("alice", "tick", 0)
+    await anyio.sleep(0.05)
+    assert client.waiting()
+    await client.to_server_send.send(None)  # it leaves: what waits is the transport's
+    with anyio.fail_after(3):
+        await client.finished.wait()
+    await anyio.sleep(0.05)
+    assert client.flush_cancelled and client.flushes == 0
 
 
 async def test_one_large_frame_alone_never_closes_a_client(
@@ -517,7 +581,7 @@ async def test_a_long_replay_is_sent_at_the_clients_pace_not_closed(pubsub: Memo
     start = await pubsub.position("alice")
     sent = [await hub.publish("alice", "old", "x" * 60) for _ in range(40)]
     client = FakeClient()
-    client.stall = FakeClient.kind == "direct"  # a transport that takes nothing for now
+    client.stall = FakeClient.kind != "queued"  # a transport that takes nothing for now
     async with running(hub), anyio.create_task_group() as tasks:
         await client.say({"type": "resume", "epoch": start.epoch, "offset": 0})
         tasks.start_soon(hub.serve, client, "alice", "s")

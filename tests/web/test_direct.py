@@ -1,18 +1,28 @@
-"""Frames written under ASGI (adapters/ondoki_adapters/web/direct.py): their bytes, and when the path is used.
+"""Frames written under ASGI (adapters/ondoki_adapters/web/direct.py): their bytes, when the
+path is used, and on trio, how partial writes and hypercorn's own writes share a socket.
 
-That `ondoki serve` finds hypercorn's transport, and that clients read what it writes, is
-shown end to end in tests/e2e/test_notifications.py (`..._straight_to_the_transport...`).
+That `ondoki serve` finds hypercorn's transport on both loops, and that clients read what it
+writes, is shown end to end in tests/e2e/test_notifications.py
+(`..._straight_to_the_transport...`) and tests/e2e/test_ws_limits.py (`..._interleave_...`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
+import trio
+import trio.testing
+from hypercorn.config import Config
+from hypercorn.events import RawData
+from hypercorn.trio.tcp_server import TCPServer as TrioTCPServer
 from starlette.types import Receive, Scope, Send
 from wsproto.connection import Connection, ConnectionType
-from wsproto.events import CloseConnection
+from wsproto.events import CloseConnection, Ping
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from ondoki.domain.notifications import Frame
@@ -21,10 +31,13 @@ from ondoki_adapters.web.app import serve_app
 from ondoki_adapters.web.direct import (
     HYPERCORN_SERIES,
     DirectFrames,
+    DirectWriter,
+    TrioTransport,
     Underneath,
     check_hypercorn,
     find_transport,
     text_frame,
+    trio_transport,
     writer,
 )
 
@@ -165,3 +178,240 @@ def test_serve_app_wraps_the_whole_app_unless_direct_frames_are_off() -> None:
     wrapped = serve_app(app, direct_frames=True)
     assert isinstance(wrapped, DirectFrames) and wrapped.app is app
     assert serve_app(app, direct_frames=False) is app
+
+
+# -- trio: hypercorn's trio worker, over a socket pair with small buffers ------------------
+
+
+def hypercorn_trio_server(stream: trio.SocketStream) -> TrioTCPServer:
+    """hypercorn's trio TCPServer for one connection, over `stream` (it is typed for TLS
+    alone; without TLS, hypercorn hands it a plain SocketStream)."""
+    none: Any = None
+    return TrioTCPServer(none, Config(), none, none, cast(Any, stream))
+
+
+class Trio:
+    """hypercorn's trio TCPServer over one end of a socket pair (as `find_transport` reaches
+    it from the ASGI `send`), our transport installed, a direct writer over an accepted
+    wsproto connection; `peer` is the client's end (a plain non-blocking socket), which
+    reads only when told."""
+
+    def __init__(self) -> None:
+        ours, self.peer = self.sockets = socket.socketpair()
+        self.peer.setblocking(False)
+        # Small buffers: a 100 kB frame is written in parts.
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.server = hypercorn_trio_server(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
+        found = trio_transport(self.server)
+        assert found is not None
+        self.transport = found
+        self.connection = Connection(ConnectionType.SERVER)
+        written = writer(Underneath(SimpleNamespace(connection=self.connection), found))
+        assert written is not None
+        self.writer = written
+        self.received = bytearray()
+
+    async def hypercorn_sends(self, data: bytes) -> None:
+        """What hypercorn does to write its own frames (pongs, closes, ...)."""
+        await self.server.protocol_send(RawData(data))
+
+    async def read_to(self, total: int) -> None:
+        """Read as the client, as bytes come, until it has read `total` in all."""
+        while len(self.received) < total:
+            if not self.take(total - len(self.received)):
+                await trio.lowlevel.wait_readable(self.peer)
+
+    def take(self, size: int) -> int:
+        """Read at most `size` bytes as the client, of what is there now (no task runs
+        meanwhile); how many."""
+        try:
+            data = self.peer.recv(size)
+        except BlockingIOError:
+            return 0
+        assert data, "the connection closed"
+        self.received += data
+        return len(data)
+
+    def close(self) -> None:
+        for end in self.sockets:
+            end.close()
+
+    def frames(self) -> list[tuple[Opcode, object]]:
+        protocol = FrameProtocol(client=True, extensions=[])
+        protocol.receive_bytes(bytes(self.received))
+        return [(frame.opcode, frame.payload) for frame in protocol.received_frames()]
+
+
+def on_trio(test: Callable[[Trio], Awaitable[None]]) -> Callable[[], None]:
+    """Run `test` in a trio run of its own, with a fresh `Trio`."""
+
+    def run() -> None:
+        async def main() -> None:
+            ends = Trio()
+            try:
+                await test(ends)
+            finally:
+                ends.close()
+
+        trio.run(main)
+
+    run.__name__ = test.__name__
+    return run
+
+
+BIG = "b" * 100_000
+
+
+@on_trio
+async def test_trio_what_the_socket_does_not_take_waits_for_flush(trio_: Trio) -> None:
+    first = Frame(BIG.encode())
+    unsent = trio_.writer.write(first)
+    assert unsent is not None and 0 < unsent < len(text_frame(first.data))  # partly written
+    assert trio_.writer.waiting() and trio_.writer.unsent() == unsent
+    # A frame written now waits behind the rest of the first, never between its parts.
+    assert trio_.writer.write(Frame(b"small")) == unsent + len(text_frame(b"small"))
+    async with trio.open_nursery() as tasks:
+        tasks.start_soon(trio_.writer.flush)
+        await trio_.read_to(len(text_frame(first.data)) + len(text_frame(b"small")))
+    assert trio_.frames() == [(Opcode.TEXT, BIG), (Opcode.TEXT, "small")]
+    assert not trio_.writer.waiting() and trio_.writer.unsent() == 0
+    # Nothing waits: the next frame goes straight to the socket.
+    assert trio_.writer.write(Frame(b"next")) == 0
+
+
+@on_trio
+async def test_trio_hypercorns_own_frames_come_between_whole_frames(trio_: Trio) -> None:
+    # A pong: hypercorn takes its send lock (ours), which first finishes the frame partly
+    # written; a frame written while hypercorn holds the lock goes after its pong.
+    pong = bytes(FrameProtocol(client=False, extensions=[]).pong(b"p"))
+    trio_.writer.write(Frame(BIG.encode()))
+    async with trio.open_nursery() as tasks:
+        tasks.start_soon(trio_.hypercorn_sends, pong)
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio_.transport.lock.locked()  # hypercorn waits for the client to read
+        trio_.writer.write(Frame(b"after the pong"))
+        tasks.start_soon(trio_.writer.flush)
+        await trio_.read_to(
+            len(text_frame(BIG.encode())) + len(pong) + len(text_frame(b"after the pong"))
+        )
+    assert trio_.frames() == [
+        (Opcode.TEXT, BIG),
+        (Opcode.PONG, b"p"),
+        (Opcode.TEXT, "after the pong"),
+    ]
+
+
+@on_trio
+async def test_trio_frames_wait_while_hypercorn_writes(trio_: Trio) -> None:
+    # hypercorn is partway through a large frame of its own (its send_all waits for the
+    # client), and the client has just made room: a frame of ours must not go into it.
+    own = bytes(FrameProtocol(client=False, extensions=[]).send_data(b"h" * 100_000, fin=True))
+    async with trio.open_nursery() as tasks:
+        tasks.start_soon(trio_.hypercorn_sends, own)
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio_.take(len(own) // 2) > 0  # (hypercorn has not run since)
+        unsent = trio_.writer.write(Frame(b"ours"))
+        tasks.start_soon(trio_.writer.flush)
+        await trio_.read_to(len(own) + len(text_frame(b"ours")))
+    assert unsent == len(text_frame(b"ours"))  # all of it waited
+    assert trio_.frames() == [(Opcode.BINARY, b"h" * 100_000), (Opcode.TEXT, "ours")]
+
+
+@on_trio
+async def test_trio_a_close_comes_after_the_frames_waiting_and_nothing_after_it(
+    trio_: Trio,
+) -> None:
+    frames = [Frame(f"{n}{BIG}".encode()) for n in range(3)]
+    for frame in frames:
+        trio_.writer.write(frame)
+    assert trio_.writer.waiting()
+    # What hypercorn does on websocket.close: wsproto leaves OPEN, then the close is sent.
+    close = trio_.connection.send(CloseConnection(code=1012, reason="restart"))
+    assert trio_.writer.write(Frame(b"too late")) is None
+    async with trio.open_nursery() as tasks:
+        tasks.start_soon(trio_.hypercorn_sends, close)
+        await trio_.read_to(sum(len(text_frame(f.data)) for f in frames) + len(close))
+    assert trio_.frames() == [
+        *[(Opcode.TEXT, f.data.decode()) for f in frames],
+        (Opcode.CLOSE, (1012, "restart")),
+    ]
+    assert trio_.writer.unsent() == 0
+
+
+@on_trio
+async def test_trio_a_cancelled_flush_loses_nothing(trio_: Trio) -> None:
+    frames = [Frame(f"{n}{BIG}".encode()) for n in range(3)]
+    for frame in frames:
+        trio_.writer.write(frame)
+    size = sum(len(text_frame(f.data)) for f in frames)
+    async with trio.open_nursery() as tasks:
+        tasks.start_soon(trio_.writer.flush)
+        await trio_.read_to(size // 2)  # it has written part of what waited...
+        await trio.testing.wait_all_tasks_blocked()
+        tasks.cancel_scope.cancel()  # ...and is cancelled while it waits for the client
+    assert trio_.writer.waiting() and not trio_.transport.lock.locked()
+    async with trio.open_nursery() as tasks:
+        tasks.start_soon(trio_.writer.flush)
+        await trio_.read_to(size)
+    assert trio_.frames() == [(Opcode.TEXT, f.data.decode()) for f in frames]
+
+
+@on_trio
+async def test_trio_abort_closes_the_socket_and_drops_what_waits(trio_: Trio) -> None:
+    trio_.writer.write(Frame(BIG.encode()))
+    async with trio.open_nursery() as tasks:
+        tasks.start_soon(trio_.writer.flush)
+        await trio.testing.wait_all_tasks_blocked()
+        trio_.transport.abort()  # the flush waiting for the client ends quietly
+    assert trio_.writer.unsent() == 0 and not trio_.writer.waiting()
+    assert trio_.transport.is_closing() and trio_.writer.write(Frame(b"{}")) is None
+    assert trio_.take(1 << 20) > 0  # what the kernel took is still delivered
+
+
+@on_trio
+async def test_trio_a_client_that_went_away_breaks_nothing(trio_: Trio) -> None:
+    trio_.peer.close()
+    trio_.writer.write(Frame(BIG.encode()))  # the kernel refuses: nothing waits, no error
+    assert not trio_.writer.waiting() and trio_.writer.unsent() == 0
+    async with trio_.transport:  # hypercorn's next write finds nothing of ours to write
+        pass
+
+
+@on_trio
+async def test_trio_the_transport_is_installed_once_as_hypercorns_send_lock(trio_: Trio) -> None:
+    assert trio_.server.send_lock is cast(Any, trio_.transport)
+    assert trio_transport(trio_.server) is trio_.transport
+    # hypercorn writes under it (here with nothing of ours waiting).
+    ping = trio_.connection.send(Ping(b"x"))
+    await trio_.hypercorn_sends(ping)
+    await trio_.read_to(len(ping))
+    assert trio_.frames() == [(Opcode.PING, b"x")]
+
+
+def test_trio_no_transport_while_hypercorn_writes_or_over_tls() -> None:
+    async def main() -> None:
+        ours, peer = trio.socket.socketpair()
+        peer.close()
+        stream = trio.SocketStream(ours)
+        server = hypercorn_trio_server(stream)
+        lock = server.send_lock
+        async with lock:  # hypercorn is writing: taking its lock over now could interleave
+            assert trio_transport(server) is None
+        assert server.send_lock is lock
+        server.stream = trio.SSLStream(stream, ssl.create_default_context())
+        assert trio_transport(server) is None
+        assert server.send_lock is lock
+        ours.close()
+
+    trio.run(main)
+
+
+def test_asyncio_writers_never_keep_anything_waiting() -> None:
+    transport = FakeTransport()
+    found = writer(
+        Underneath(SimpleNamespace(connection=Connection(ConnectionType.SERVER)), transport)
+    )
+    assert type(found) is DirectWriter and not isinstance(found.transport, TrioTransport)
+    found.write(Frame(b"abc"))
+    assert found.unsent() > 0 and not found.waiting()

@@ -369,7 +369,7 @@ class _Client:
         self.outbox: Outbox = (
             QueuedOutbox(client, hub.send_buffer_bytes, hub.stats)
             if writer is None
-            else DirectOutbox(writer, hub.send_buffer_bytes, hub.stats)
+            else DirectOutbox(writer, hub.send_buffer_bytes, hub.stats, self._start)
         )
 
     # -- the life of a client --------------------------------------------------------------

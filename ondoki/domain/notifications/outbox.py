@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -19,7 +20,11 @@ _ROOM_POLL = 0.01
 
 
 class FrameWriter(Protocol):
-    """Hands frames to a transport at once, never waiting (see `ClientConnection.writer`)."""
+    """Hands frames to a transport at once, never waiting (see `ClientConnection.writer`).
+
+    A transport that writes in the background (asyncio's) takes every frame whole. One that
+    does not (a trio socket) writes what the kernel takes at once and keeps the rest
+    *waiting*, for `flush` to write as the client takes it."""
 
     def write(self, frame: Frame) -> int | None:
         """Write one frame; the bytes the connection then holds unsent (None: not written,
@@ -28,6 +33,14 @@ class FrameWriter(Protocol):
 
     def unsent(self) -> int:
         """The bytes the connection holds unsent."""
+        ...
+
+    def waiting(self) -> bool:
+        """Whether bytes wait for `flush` (never, where the transport writes them itself)."""
+        ...
+
+    async def flush(self) -> None:
+        """Write what waits, as fast as the client takes it; return when nothing waits."""
         ...
 
 
@@ -80,29 +93,57 @@ class Outbox(ABC):
 
 class DirectOutbox(Outbox):
     """The transport's own buffer is the outbox: frames are written as they come, with no
-    task switch and no copy per client (the fast path of fan-out)."""
+    task switch and no copy per client (the fast path of fan-out).
 
-    def __init__(self, writer: FrameWriter, limit: int, stats: HubStats) -> None:
+    When the writer keeps bytes waiting (`FrameWriter.waiting`), `start` runs a short task
+    that flushes them, and ends when nothing waits: a client that keeps up costs no task.
+    """
+
+    def __init__(
+        self,
+        writer: FrameWriter,
+        limit: int,
+        stats: HubStats,
+        start: Callable[[Callable[[], Awaitable[None]]], None],
+    ) -> None:
         super().__init__(limit, stats)
         self.writer = writer
+        self.start = start
+        self.flushing: anyio.CancelScope | None = None  # while a flush runs
 
     async def run(self) -> None:
         """Nothing to do (returns at once): `put` writes frames as they come."""
 
     def close(self) -> None:
-        """Nothing is queued here: the transport holds what is unsent."""
+        """Stop flushing: what is unsent stays with the transport, and a close frame sent
+        after this goes out behind it."""
+        if self.flushing is not None:
+            self.flushing.cancel()
 
     def unsent(self) -> int:
         return self.writer.unsent()
 
     def put(self, frame: Frame) -> None:
-        unsent = self.writer.write(frame)
+        writer = self.writer
+        unsent = writer.write(frame)
         if unsent is None:
             return  # closing: the receive side ends the client
         self.stats.delivered += 1
         # What the transport holds beyond (at most) this frame was waiting ahead of it.
         if unsent - len(frame.data) > self.limit:
             raise self.too_slow()
+        if unsent and self.flushing is None and writer.waiting():
+            self.flushing = anyio.CancelScope()
+            self.start(self._flush)
+
+    async def _flush(self) -> None:
+        scope = self.flushing
+        assert scope is not None
+        try:
+            with scope:
+                await self.writer.flush()
+        finally:
+            self.flushing = None
 
 
 class QueuedOutbox(Outbox):
