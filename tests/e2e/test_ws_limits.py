@@ -4,8 +4,12 @@ outage close, direct frames off, and pings, pongs and closes among many direct f
 
 from __future__ import annotations
 
+import base64
+import os
+import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx2 as httpx
@@ -23,6 +27,13 @@ pytestmark = pytest.mark.e2e
 
 def memory_server(start: Start, *args: str, **env: str) -> ServeProcess:
     return start(*args, ONDOKI_API_KEY=KEY, **env).wait_ready()
+
+
+def wait_for(condition: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"not in {within:g} s: {what}"
+        time.sleep(0.05)
 
 
 def test_the_message_limit_counts_bytes(start: Start) -> None:
@@ -205,4 +216,43 @@ def test_pings_pongs_and_closes_interleave_with_direct_frames_under_load(
             assert frame["type"] == "notification", frame
     except ConnectionClosed as closed:
         assert closed.rcvd is not None and closed.rcvd.code == 4001, closed
+    client.close()
+
+
+@pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
+def test_a_client_leaving_with_frames_waiting_ends_only_its_connection(
+    start: Start, worker_class: str
+) -> None:
+    # A client that stops reading (a small receive buffer, nothing read) while large frames
+    # pile up, then sends its close and goes, as a closed tab does: the server's writes to
+    # it fail with bytes of ours still waiting. On trio that once raised out of hypercorn's
+    # reader and ended the whole worker; now only that connection ends.
+    server = memory_server(
+        start, "--worker-class", worker_class, ONDOKI_WS_SEND_BUFFER_BYTES="4000000"
+    )
+    token = login(server.url, KEY, "alice")
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        key = base64.b64encode(os.urandom(16)).decode()
+        raw.sendall(
+            "GET /ws HTTP/1.1\r\nHost: ondoki\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n".encode()
+        )
+        assert raw.recv(12) == b"HTTP/1.1 101"
+        wait_for(lambda: websocket_gauges(server.url) == (1, 1), "the socket is served")
+        time.sleep(0.7)  # past the resume window: what is published now is live
+        for n in range(60):
+            publish(server.url, KEY, "alice", "big", {"n": n, "blob": "x" * 32_000})
+        mask = os.urandom(4)
+        code = (1001).to_bytes(2, "big")
+        raw.sendall(bytes((0x88, 0x80 | len(code))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(code)))  # fmt: skip
+    wait_for(lambda: websocket_gauges(server.url)[0] == 0, "the connection ends")
+    assert server.process.poll() is None, "the server process ended"
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    # And it still serves WebSockets.
+    client = WsClient(server.url, token)
+    time.sleep(0.7)
+    publish(server.url, KEY, "alice", "after", 1)
+    assert client.recv()["event"]["type"] == "after"
     client.close()

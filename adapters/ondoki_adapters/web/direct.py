@@ -19,6 +19,8 @@ leaves it in the scope:
   (`FrameWriter.flush`). hypercorn writes its own frames under its connection's send lock,
   which `TrioTransport` replaces and *is*: acquiring it first writes whatever of ours waits,
   and while it is held our frames wait. So no bytes ever come between the parts of a frame.
+  (hypercorn ends a connection, EOF and close, without the lock: a frame of ours still
+  waiting is then cut off with the connection, which is going anyway.)
 
 Anything else (TLS, HTTP/2, another server) finds nothing, and the socket falls back to ASGI
 sends: slower, same bytes on the wire. Frames stop as soon as hypercorn's wsproto connection
@@ -126,7 +128,7 @@ class TrioTransport:
         if self.pending or self.lock.locked():
             self.pending += data
             return
-        sent = self._send(data)
+        sent = self._send(data)  # (None: the client has gone; nothing waits to drop)
         if sent is not None and sent < len(data):
             self.pending += memoryview(data)[sent:]
 
@@ -169,15 +171,16 @@ class TrioTransport:
 
     def _send(self, data: bytes | memoryview) -> int | None:
         """One non-blocking write: the bytes the kernel took; None once the connection is
-        closed or broken (what waits is dropped)."""
+        closed or broken (the caller drops what waits: `data` may be a view of it, and a
+        bytearray cannot be resized while a view is open)."""
         try:
             # os.write on the fd, read each time: once closed it is -1, never another
-            # connection's fd.
+            # connection's fd. (A write to a broken connection raises BrokenPipeError,
+            # not SIGPIPE: Python ignores that signal.)
             return os.write(self.socket.fileno(), data)
         except BlockingIOError:
             return 0
         except OSError:
-            self.pending.clear()
             return None
 
     async def _write_pending(self, size: int) -> None:
@@ -188,6 +191,7 @@ class TrioTransport:
             with memoryview(pending) as view, view[:size] as head:
                 sent = self._send(head)
             if sent is None:
+                pending.clear()  # gone: hypercorn's reader ends the connection
                 return
             del pending[:sent]
             size -= sent
