@@ -42,6 +42,8 @@ class FakeClient:
         self.held: list[Frame] = []
         self.written: list[Frame] = []
         self.aborted = False
+        self.dropped = anyio.Event()  # set by abort
+        self.shields_close = False  # its stalled close ignores cancellation, as on trio
         self.to_server_send, self.to_server = anyio.create_memory_object_stream[str | bytes | None](
             16
         )
@@ -110,11 +112,13 @@ class FakeClient:
     async def close(self, code: int, reason: str = "") -> None:
         self.closed = (code, reason)
         self.closed_event.set()
-        if self.stall:
-            await anyio.sleep_forever()  # its close frame waits behind what it never took
+        if self.stall:  # its close frame waits behind what it never took
+            with anyio.CancelScope(shield=self.shields_close):
+                await self.dropped.wait()
 
     def abort(self) -> None:
         self.aborted = True
+        self.dropped.set()
 
     async def wait_closed(self) -> tuple[int, str]:
         with anyio.fail_after(3):
@@ -297,6 +301,21 @@ async def test_stalled_client_is_closed_without_slowing_others(
     with anyio.fail_after(3):
         await slow.finished.wait()
     assert slow.aborted and not fast.aborted
+
+
+async def test_a_close_the_server_shields_ends_when_the_connection_is_dropped(
+    hub: NotificationHub, serve: Serve
+) -> None:
+    # hypercorn's trio worker shields its write of a close frame from cancellation: only
+    # dropping the connection ends it (cancelling the close alone waited forever).
+    slow = await serve()
+    slow.stall = slow.shields_close = True
+    for n in range(30):
+        await hub.publish("alice", "tick", n)
+    assert (await slow.wait_closed())[0] == CloseCode.SLOW_CLIENT
+    with anyio.fail_after(3):
+        await slow.finished.wait()
+    assert slow.aborted
 
 
 # Only a writer that keeps frames waiting needs a flush:

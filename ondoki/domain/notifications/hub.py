@@ -207,13 +207,26 @@ class NotificationHub:
         """
         code, reason = await self._serve(client, user_id, session, session_valid)
         if code != CloseCode.NORMAL or reason:
-            # A client that stopped reading takes no close frame either: after
-            # `close_timeout`, drop the connection and whatever it still holds.
-            with anyio.move_on_after(self.close_timeout) as waiting:
-                await client.close(code, reason)
-            if waiting.cancelled_caught:
-                client.abort()
+            await self._close(client, code, reason)
         return code
+
+    async def _close(self, client: ClientConnection, code: int, reason: str) -> None:
+        """Send the close; a client that stopped reading takes no close frame either: after
+        `close_timeout`, drop the connection and whatever it still holds.
+
+        The drop comes from a task of its own, not by cancelling the close: a server may
+        shield its write of the close frame from cancellation (hypercorn's trio worker
+        does), and only dropping the connection ends that write."""
+
+        async def drop_when_late(closing: anyio.CancelScope) -> None:
+            await anyio.sleep(self.close_timeout)
+            client.abort()
+            closing.cancel()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(drop_when_late, tasks.cancel_scope)
+            await client.close(code, reason)
+            tasks.cancel_scope.cancel()
 
     async def _serve(
         self,
