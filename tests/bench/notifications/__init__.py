@@ -108,8 +108,8 @@ async def on_trio(
     processes: list[subprocess.Popen[bytes]],
     scale: float,
 ) -> list[Figure]:
-    """Fan-out and idle memory again with `--worker-class trio` (coredis; frames sent
-    through ASGI, as hypercorn's trio worker gives no transport to write to), beside the
+    """Fan-out and idle memory again with `--worker-class trio` (coredis; frames written
+    straight to each trio socket, see web/direct.py's `TrioTransport`), beside the
     asyncio figures: the peer runs on asyncio only, so these are reported, not compared."""
     a, b, c = (ServeProcess(workdir, env, "--worker-class", "trio") for _ in range(3))
     processes += [a.process, b.process, c.process]
