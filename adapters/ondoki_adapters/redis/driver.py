@@ -190,8 +190,14 @@ def open_driver(
         )
     from ondoki_adapters.redis.connection import connect
 
+    # The adapters on a driver run every command under `connection.call`'s deadline.
     client = connect(
-        url, db=db, timeout=timeout, client_name=client_name, max_connections=max_connections
+        url,
+        db=db,
+        timeout=timeout,
+        client_name=client_name,
+        max_connections=max_connections,
+        reply_timeout=False,
     )
     return RedisPyDriver(client, owned=True)
 

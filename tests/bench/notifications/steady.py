@@ -112,8 +112,9 @@ async def steady(
     users = [f"bench-steady-{n}" for n in range(USERS)]
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=16), timeout=30) as http:
         tokens = await login(http, a.url, users)
-    # A pool that waits for a free connection (redis-py's refuses past its size).
-    bare = connect(server.url(0))
+    # A pool that waits for a free connection (redis-py's refuses past its size), and no
+    # timeout on each reply, as redis-py's default client and the library's own.
+    bare = connect(server.url(0), reply_timeout=False)
     results: dict[str, list[dict[str, float]]] = {}
     try:
         async with (
