@@ -187,19 +187,21 @@ class RedisChannels:
     Publishing without idempotency keys is never retried (a lost reply could mean it was
     stored); when every item has one, transient failures are retried.
 
-    Concurrent single publishes share script calls. A `publish` made while no call is in
-    flight goes at once, alone. One made while a call is in flight waits for the end of
-    the event loop's turn, with the others made in that same turn (up to `gather` of them,
-    kept apart by whether they have an idempotency key, so retries stay as safe), and they
-    go together in one call, without waiting for the call in flight; only when
-    `max_in_flight` calls are in flight do they wait for one to end, gathering the
-    publishes made meanwhile. So a burst of publishes (one per HTTP request, or many tasks
-    woken at once) costs Redis and this process two calls, not one each, and none of it
-    waits a round trip behind another call (measured: a burst of 8 publishes done in half
-    the time of one call each, the former policy of waiting behind 4 calls in flight);
-    without load nothing waits. Each caller still gets its own position (or error), and
-    one caller's publishes, awaited one after the other, keep their order. A caller
-    cancelled while it waits may still have published, as when a reply is lost.
+    Concurrent single publishes share script calls. A `publish` made while fewer than two
+    calls are in flight goes at once, alone. One made while two or more are (a burst) waits
+    for the end of the event loop's turn, with the others made in that same turn (up to
+    `gather` of them, kept apart by whether they have an idempotency key, so retries stay
+    as safe), and they go together in one call, without waiting for the calls in flight;
+    only when `max_in_flight` calls are in flight do they wait for one to end, gathering
+    the publishes made meanwhile. So a burst of publishes (one per HTTP request, or many
+    tasks woken at once) costs Redis and this process three calls, not one each, and none
+    of it waits a round trip behind another call. Measured, the time until the last of a
+    burst of 8 publishes is done: 1.17 ms, against 1.51 ms when publishes waited for a free
+    one of 4 calls; a second call is started at once rather than after a turn because a
+    pair was then 0.1 ms slower (the turn runs the first call's reply first). Without load
+    nothing waits. Each caller still gets its own position (or error), and one caller's
+    publishes, awaited one after the other, keep their order. A caller cancelled while it
+    waits may still have published, as when a reply is lost.
     """
 
     def __init__(
@@ -234,7 +236,7 @@ class RedisChannels:
         self, channel: str, payload: bytes, *, idempotency_key: str | None = None
     ) -> Position:
         publication = Publication(channel, payload, idempotency_key)
-        if not self._in_flight and not self._waiting:
+        if self._in_flight < min(2, self.max_in_flight) and not self._waiting:
             (position,) = await self._send([publication])
             return position
         keyed = idempotency_key is not None
