@@ -4,7 +4,8 @@ with `RedisPubSub` subscribers standing in for a running service."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio
 import msgspec
@@ -146,6 +147,51 @@ async def test_concurrent_single_publishes_share_calls_when_every_slot_is_busy(
         assert await channels.publish("g1", b"1", idempotency_key="k1") == got[1]
     finally:
         await driver.aclose()
+
+
+class _HeldScript:
+    """A stand-in driver whose publish script holds every call of one item until `release`
+    is set; it records how many items each call carries."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.release = anyio.Event()
+        self.batch = anyio.Event()
+
+    def script(self, source: str) -> Callable[..., Awaitable[list[Any]]]:
+        return self._run
+
+    async def _run(self, keys: Sequence[Any], args: Sequence[Any]) -> list[Any]:
+        count, first = int(args[3]), sum(self.calls) + 1
+        self.calls.append(count)
+        if count == 1:
+            await self.release.wait()
+        else:
+            self.batch.set()
+        return [value for n in range(count) for value in (b"e", first + n)]
+
+
+async def test_a_burst_of_publishes_goes_in_one_call_without_waiting_for_the_calls_in_flight() -> (
+    None
+):
+    held = _HeldScript()
+    channels = RedisChannels(held, max_in_flight=4)  # type: ignore[arg-type]
+    got: dict[int, Position] = {}
+
+    async def one(n: int) -> None:
+        got[n] = await channels.publish(f"u{n}", b"x")
+
+    async with anyio.create_task_group() as tasks:
+        for n in range(10):
+            tasks.start_soon(one, n)
+        with anyio.fail_after(5):
+            await held.batch.wait()
+        # Two went alone; the eight made in the same turn went together, while those two
+        # are still unanswered (they are released only now).
+        assert held.calls == [1, 1, 8] and len(got) <= 8
+        held.release.set()
+    assert sorted(position.offset for position in got.values()) == list(range(1, 11))
+    assert channels.script_calls == 3 and channels.gathered == 7
 
 
 async def test_gathered_publishes_all_get_the_error() -> None:

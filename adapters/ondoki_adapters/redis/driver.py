@@ -15,6 +15,7 @@ Replies are bytes (never decoded strings), integers, None and lists, as RESP2 gi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,6 +36,28 @@ class Script(Protocol):
     """A Lua script: EVALSHA, falling back to EVAL when the server lost it (NOSCRIPT)."""
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
+
+
+class EvalScript:
+    """`Script` on any driver's `execute`: EVALSHA, falling back to EVAL (which also caches
+    the script) on NOSCRIPT.
+
+    On redis-py this replaces the client's own `register_script`, whose every call costs
+    about 15 us more (measured: 120 against 104 us per call of the publish script).
+    """
+
+    __slots__ = ("_execute", "_sha", "_source")
+
+    def __init__(self, execute: Callable[..., Awaitable[Any]], source: str) -> None:
+        self._execute = execute
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        try:
+            return await self._execute("EVALSHA", self._sha, len(keys), *keys, *args)
+        except rex.NoScriptError:
+            return await self._execute("EVAL", self._source, len(keys), *keys, *args)
 
 
 class PubSubConnection(Protocol):
@@ -101,8 +124,7 @@ class RedisPyDriver:
             return replies
 
     def script(self, source: str) -> Script:
-        registered: Script = self.client.register_script(source)
-        return registered
+        return EvalScript(self.execute, source)
 
     async def open_pubsub(self, connect_within: float) -> PubSubConnection:
         return await _RedisPyPubSub.open(self.client, connect_within)
@@ -168,8 +190,14 @@ def open_driver(
         )
     from ondoki_adapters.redis.connection import connect
 
+    # The adapters on a driver run every command under `connection.call`'s deadline.
     client = connect(
-        url, db=db, timeout=timeout, client_name=client_name, max_connections=max_connections
+        url,
+        db=db,
+        timeout=timeout,
+        client_name=client_name,
+        max_connections=max_connections,
+        reply_timeout=False,
     )
     return RedisPyDriver(client, owned=True)
 

@@ -13,7 +13,6 @@ trio run ends). Pub/sub connections run in that task group too.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,7 +31,7 @@ from coredis.retry import NoRetryPolicy
 
 from ondoki.errors import ConfigError
 from ondoki.support.redact import redact_url
-from ondoki_adapters.redis.driver import Command, PubSubConnection
+from ondoki_adapters.redis.driver import Command, EvalScript, PubSubConnection
 
 log = logging.getLogger("ondoki.redis")
 
@@ -64,21 +63,6 @@ def _request(command: Sequence[Any]) -> CommandRequest[Any]:
     return CommandRequest(
         name.encode() if isinstance(name, str) else name, *command[1:], execution_parameters={}
     )
-
-
-class _Script:
-    """EVALSHA, falling back to EVAL (which also caches the script) on NOSCRIPT."""
-
-    def __init__(self, driver: CoredisDriver, source: str) -> None:
-        self._driver = driver
-        self._source = source
-        self._sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        try:
-            return await self._driver.execute("EVALSHA", self._sha, len(keys), *keys, *args)
-        except rex.NoScriptError:
-            return await self._driver.execute("EVAL", self._source, len(keys), *keys, *args)
 
 
 class CoredisDriver:
@@ -184,8 +168,8 @@ class CoredisDriver:
                 raise translate(exc) from None
         return replies
 
-    def script(self, source: str) -> _Script:
-        return _Script(self, source)
+    def script(self, source: str) -> EvalScript:
+        return EvalScript(self.execute, source)
 
     # -- pub/sub ---------------------------------------------------------------------------
 

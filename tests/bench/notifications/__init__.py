@@ -12,8 +12,12 @@ client work runs in a server's process. The bench process itself only publishes.
   to over HTTP (single events, batches) and through the publisher library, against the peer;
 - `steady`: 1,000 events/s over 1,000 users, p99 against the peer's;
 - `idle`: memory per connection at 5,000 idle WebSockets, against the peer's;
+- `trio`: fan-out and idle memory again with `--worker-class trio`;
 - `publishing`: sequential `RedisPublisher.publish` on trio against asyncio, straight to
   Redis (run first, while no `ondoki serve` runs).
+
+`python -m tests.bench notifications:steady` (or `notifications:latency,fanout`) runs only
+those parts.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,8 +51,15 @@ from tests.bench.report import Figure, print_figures
 from tests.e2e.process import ServeProcess, clean_env
 from tests.redis_server import RedisServer
 
+PARTS = ("publishing", "latency", "fanout", "steady", "idle", "trio")
 
-async def run(server: RedisServer, *, scale: float = 1.0) -> list[Figure]:
+
+async def run(
+    server: RedisServer, *, scale: float = 1.0, parts: Sequence[str] = PARTS
+) -> list[Figure]:
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown notification parts {sorted(unknown)}; choose from {PARTS}")
     raise_fd_limit()  # inherited by every process started below
     if not HAVE_BROADCASTER:
         print(
@@ -64,7 +76,9 @@ async def run(server: RedisServer, *, scale: float = 1.0) -> list[Figure]:
         ONDOKI_SHUTDOWN_GRACE_SECONDS="2",
         ONDOKI_LOG_LEVEL="warning",
     )
-    figures: list[Figure] = shown(await publishing(server, scale))
+    figures: list[Figure] = []
+    if "publishing" in parts:
+        figures += shown(await publishing(server, scale))
     processes: list[subprocess.Popen[bytes]] = []
     clients: ClientProcess | None = None
     with tempfile.TemporaryDirectory(prefix="ondoki-bench-") as tmp:
@@ -80,15 +94,20 @@ async def run(server: RedisServer, *, scale: float = 1.0) -> list[Figure]:
             for started in (a, b, c, peer, peer_idle):
                 if started is not None:
                     await anyio.to_thread.run_sync(started.wait_ready)
-            figures += shown(await latency(a, b, clients, scale))
-            figures += shown(await fanout(server, a, b, peer, clients, scale))
-            figures += shown(await steady(server, a, b, peer, clients, scale))
+            if "latency" in parts:
+                figures += shown(await latency(a, b, clients, scale))
+            if "fanout" in parts:
+                figures += shown(await fanout(server, a, b, peer, clients, scale))
+            if "steady" in parts:
+                figures += shown(await steady(server, a, b, peer, clients, scale))
             stop(a.process)
             stop(b.process)
             if peer is not None:
                 stop(peer.process)
-            figures += shown(await idle(server, c, peer_idle, clients, scale))
-            figures += await on_trio(server, workdir, env, clients, processes, scale)
+            if "idle" in parts:
+                figures += shown(await idle(server, c, peer_idle, clients, scale))
+            if "trio" in parts:
+                figures += await on_trio(server, workdir, env, clients, processes, scale)
         except BaseException:
             show_warnings(workdir)  # the folder, and the servers' logs, are about to go
             raise
