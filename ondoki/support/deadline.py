@@ -32,11 +32,9 @@ _current: ContextVar[Budget | None] = ContextVar("ondoki_backend_budget", defaul
 @contextmanager
 def budget() -> Iterator[Budget]:
     """A fresh budget for the calls made inside (and in tasks started inside)."""
-    token = _current.set(Budget())
-    try:
-        yield _current.get() or Budget()
-    finally:
-        _current.reset(token)
+    fresh = Budget()
+    with carried(fresh):
+        yield fresh
 
 
 def current() -> Budget | None:
