@@ -3,12 +3,16 @@ responses (errors included); others are refused in the error shape."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import NoReturn
 
 import pytest
 from starlette.testclient import TestClient
 
 from ondoki.entrypoints.bootstrap import open_services
+from ondoki.entrypoints.services import Services
 from ondoki.support.settings import Settings
 from ondoki_adapters.web.app import create_app
 from tests.web.conftest import API_KEY
@@ -84,3 +88,50 @@ def test_any_origin_in_development() -> None:
         )
         assert response.status_code == 200
         assert response.headers["access-control-allow-origin"] in ("*", "http://localhost:5173")
+
+
+@asynccontextmanager
+async def state_that_fails() -> AsyncIterator[Services]:
+    """The real services, with temporary state reads raising what no handler expects."""
+    async with open_services(Settings(), api_key=API_KEY) as services:
+
+        async def fail(*args: object, **kwargs: object) -> NoReturn:
+            raise RuntimeError("a bug in a route")
+
+        services.state.get = fail  # type: ignore[method-assign]
+        yield services
+
+
+def test_an_unexpected_error_is_a_500_a_browser_can_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Tried: a route raising RuntimeError. The 500 goes through the middleware like any
+    answer (request id, CORS headers), in the error shape, and the traceback is logged once
+    with the request's id; nothing stored is touched."""
+    app = create_app(state_that_fails, cors_origins=(APP,))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        created = test_client.post(
+            "/internal/sessions",
+            json={"user_id": "u"},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+        token = created.json()["token"]
+        auth = {"Authorization": f"Bearer {token}", "Origin": APP}
+        written = test_client.put("/state/draft", json={"v": 1}, headers=auth)
+        assert written.status_code == 200
+        with caplog.at_level(logging.ERROR, logger="ondoki.web"):
+            response = test_client.get(
+                "/state/draft", headers={**auth, "X-Request-Id": "req-500-test"}
+            )
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "internal"
+        assert "traceback" not in response.text.lower()
+        assert response.headers["x-request-id"] == "req-500-test"
+        assert response.headers["access-control-allow-origin"] == APP
+        logged = [
+            r for r in caplog.records if r.exc_info and "a bug in a route" in str(r.exc_info[1])
+        ]
+        assert len(logged) == 1
+        assert "GET /state/draft" in logged[0].getMessage()
+        # The service goes on answering, and the session is still there.
+        assert test_client.get("/sessions/me", headers=auth).status_code == 200

@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ondoki import errors
 from ondoki.entrypoints.services import Services
@@ -93,8 +93,47 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    # The last resort, outside every middleware (a failure in one of them): `AnswerUnexpected`
+    # answers what the routes raise.
     log.exception("unhandled error in %s %s", request.method, request.url.path)
+    return _internal_error()
+
+
+def _internal_error() -> Response:
     return error_response(500, "internal", "internal error; see the server log")
+
+
+class AnswerUnexpected:
+    """Answers an HTTP request whose route raised an unexpected error with a 500 in the
+    error shape, inside the other middleware, so that the answer carries the request id and
+    CORS headers like any other (a browser hides a response without them) and is counted
+    under its route. Starlette's own last resort sits outside every middleware.
+
+    Once the response has started there is nothing left to answer with: the error goes on
+    to the server, which drops the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            await _internal_error()(scope, receive, send)
 
 
 class RefuseCleartextHttp2:
@@ -153,11 +192,13 @@ def create_app(open_services: ServicesFactory, *, cors_origins: Sequence[str] = 
     return Starlette(
         routes=[*routes, *admin.routes, Route("/metrics", metrics.handle, methods=["GET"])],
         # CORS first, so that error responses carry its headers too (a browser hides a
-        # response without them). DirectFrames wraps the whole app (`serve_app`).
+        # response without them), unexpected errors' 500s included (`AnswerUnexpected`,
+        # last). DirectFrames wraps the whole app (`serve_app`).
         middleware=[
             *cors_middleware(cors_origins),
             Middleware(RequestContext, metrics=HttpMetrics(registry)),
             Middleware(RefuseCleartextHttp2),
+            Middleware(AnswerUnexpected),
         ],
         lifespan=lifespan,
         exception_handlers={
