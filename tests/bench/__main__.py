@@ -36,12 +36,14 @@ PARTS = {"notifications": notifications.PARTS}
 
 def parse_section(text: str) -> tuple[str, dict[str, Any]]:
     """`name` or `name:part,part`: the section and the keyword arguments its `run` takes."""
-    name, _, parts = text.partition(":")
+    name, colon, parts = text.partition(":")
     if name not in SECTIONS:
         raise ValueError(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}")
-    if not parts:
+    if not colon:
         return name, {}
     chosen = parts.split(",")
+    if "" in chosen:
+        raise ValueError(f"an empty part in {text!r}: name parts as {name}:part,part")
     unknown = set(chosen) - set(PARTS.get(name, ()))
     if unknown:
         choices = ", ".join(PARTS.get(name, ())) or "none"

@@ -34,7 +34,8 @@ def test_every_notifications_part_is_accepted() -> None:
         ("nope", "unknown section 'nope'"),
         ("nope:steady", "unknown section 'nope'"),
         ("notifications:stedy", "unknown part(s) stedy of notifications"),
-        ("notifications:steady,", "unknown part(s)  of notifications"),  # a trailing comma
+        ("notifications:steady,", "an empty part in 'notifications:steady,'"),
+        ("notifications:", "an empty part in 'notifications:'"),
         ("cache:steady", "unknown part(s) steady of cache: none"),  # cache has no parts
     ],
 )

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 from ondoki.entrypoints.bootstrap import open_services
 from ondoki.entrypoints.services import Services
+from ondoki.support.logs import request_id
 from ondoki.support.settings import Settings
 from ondoki_adapters.web.app import create_app
 from tests.web.conftest import API_KEY
@@ -119,10 +120,21 @@ def test_an_unexpected_error_is_a_500_a_browser_can_read(
         auth = {"Authorization": f"Bearer {token}", "Origin": APP}
         written = test_client.put("/state/draft", json={"v": 1}, headers=auth)
         assert written.status_code == 200
-        with caplog.at_level(logging.ERROR, logger="ondoki.web"):
-            response = test_client.get(
-                "/state/draft", headers={**auth, "X-Request-Id": "req-500-test"}
-            )
+        ids: list[str | None] = []
+
+        def note_id(record: logging.LogRecord) -> bool:
+            ids.append(request_id.get())  # as the log formatter reads it, at emit time
+            return True
+
+        web_log = logging.getLogger("ondoki.web")
+        web_log.addFilter(note_id)
+        try:
+            with caplog.at_level(logging.ERROR, logger="ondoki.web"):
+                response = test_client.get(
+                    "/state/draft", headers={**auth, "X-Request-Id": "req-500-test"}
+                )
+        finally:
+            web_log.removeFilter(note_id)
         assert response.status_code == 500
         assert response.json()["error"]["code"] == "internal"
         assert "traceback" not in response.text.lower()
@@ -133,5 +145,6 @@ def test_an_unexpected_error_is_a_500_a_browser_can_read(
         ]
         assert len(logged) == 1
         assert "GET /state/draft" in logged[0].getMessage()
+        assert ids == ["req-500-test"]
         # The service goes on answering, and the session is still there.
         assert test_client.get("/sessions/me", headers=auth).status_code == 200

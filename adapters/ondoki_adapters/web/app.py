@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -93,8 +93,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    # The last resort, outside every middleware (a failure in one of them): `AnswerUnexpected`
-    # answers what the routes raise.
+    # The last resort, outside every middleware: an error in one of them, or a route's error
+    # after its response had started (`AnswerUnexpected` lets those through; the server
+    # then drops the connection).
     log.exception("unhandled error in %s %s", request.method, request.url.path)
     return _internal_error()
 
@@ -106,19 +107,25 @@ def _internal_error() -> Response:
 class AnswerUnexpected:
     """Answers an HTTP request whose route raised an unexpected error with a 500 in the
     error shape, inside the other middleware, so that the answer carries the request id and
-    CORS headers like any other (a browser hides a response without them) and is counted
-    under its route. Starlette's own last resort sits outside every middleware.
+    CORS headers like any other (a browser hides a response without them), and its log line
+    the request id. Starlette's own last resort (`_unexpected`) sits outside every
+    middleware.
 
-    Once the response has started there is nothing left to answer with: the error goes on
-    to the server, which drops the connection."""
+    A client that left before the answer (`ClientDisconnect` while its body was read) is
+    not an error: one line at INFO, and nothing is sent (the access log shows 499). Once
+    the response has started there is nothing left to answer with: the error goes on to
+    the server, which drops the connection."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            # No frame of its own: a WebSocket's task awaits through this for its lifetime.
+            return self.app(scope, receive, send)
+        return self._http(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def watched(message: Message) -> None:
@@ -129,6 +136,8 @@ class AnswerUnexpected:
 
         try:
             await self.app(scope, receive, watched)
+        except ClientDisconnect:
+            log.info("client left before the answer: %s %s", scope.get("method"), scope.get("path"))
         except Exception:
             if started:
                 raise

@@ -75,6 +75,7 @@ class RequestContext:
                 status = 403  # closed before accept: hypercorn answers the handshake with 403
             await send(message)
 
+        failed = False
         try:
             if scope["type"] == "http":
                 # One Redis budget per request: a hung Redis costs it one timeout, not one
@@ -83,19 +84,25 @@ class RequestContext:
                     await self.app(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
+        except BaseException:
+            failed = True
+            raise
         finally:
             elapsed = time.perf_counter() - started
+            # Nothing sent: an error, or (nothing raised) a client that left first (499,
+            # as nginx logs it).
+            status = status or (500 if failed else 499)
             method = scope.get("method", "") if scope["type"] == "http" else "WS"
             method = method if method in _METHODS or method == "WS" else "other"
             route = _route(scope)
-            self.metrics.requests.labels(method, route, str(status or 500)).inc()
+            self.metrics.requests.labels(method, route, str(status)).inc()
             if scope["type"] == "http":
                 self.metrics.duration.labels(method, route).observe(elapsed)
             log.info(
                 "%s %s %s",
                 method,
                 scope.get("path", ""),
-                status or 500,
-                extra={"status": status or 500, "duration_ms": round(elapsed * 1000, 2)},
+                status,
+                extra={"status": status, "duration_ms": round(elapsed * 1000, 2)},
             )
             request_id.reset(token)
