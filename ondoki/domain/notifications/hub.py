@@ -31,8 +31,8 @@ from ondoki.domain.notifications.protocol import (
     Pong,
     Resume,
     ResyncMessage,
+    ShownEvent,
     decode_envelope,
-    encode,
     parse_client,
     text_frame,
 )
@@ -297,7 +297,7 @@ class NotificationHub:
             if envelope.session == session:
                 raise ClientClosed(CloseCode.SESSION_ENDED, "session ended")
             return None
-        event = msgspec.Raw(encode({"type": envelope.type, "data": envelope.data}))
+        event = ShownEvent(envelope.type, envelope.data)
         frame = text_frame(NotificationMessage(key[1], key[2], event))
         self._frames[key] = frame
         self._frame_bytes += len(frame.data)
