@@ -288,9 +288,12 @@ class NotificationHub:
         frame = self._frames.get(key)
         if frame is not None:
             return frame
+        payload = message.payload
         try:
-            envelope = decode_envelope(message.payload)
-        except msgspec.DecodeError:
+            envelope = decode_envelope(payload)
+            if not payload.isascii():
+                payload.decode()  # its data goes out as it is: text frames must be UTF-8
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             log.warning("dropping an undecodable message on %s at %s", message.channel, key[1:])
             return None
         if isinstance(envelope, EndSession):
