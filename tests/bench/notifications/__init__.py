@@ -10,7 +10,8 @@ client work runs in a server's process. The bench process itself only publishes.
 - `latency`: POST on instance A, a client on B, at a steady 200 msg/s: p50 and p99;
 - `fanout`: 1,000 WebSockets on B in three shapes (1 x 1,000, 100 x 10, 1,000 x 1), published
   to over HTTP (single events, batches) and through the publisher library, against the peer;
-- `steady`: 1,000 events/s over 1,000 users, p99 against the peer's;
+- `steady`: 1,000 events/s over 1,000 users, p99 against the peer's (and the delivery path
+  alone, without the publish's history write);
 - `idle`: memory per connection at 5,000 idle WebSockets, against the peer's;
 - `trio`: fan-out and idle memory again with `--worker-class trio`;
 - `publishing`: sequential `RedisPublisher.publish` on trio against asyncio, straight to

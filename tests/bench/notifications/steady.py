@@ -10,6 +10,13 @@ instance A (16 keep-alive connections) and through the publisher library. The pe
 clients are on `/ws/{user}`, published to with one PUBLISH per event. Every way runs in each
 of ROUNDS rounds, in alternating order, so that drift in the machine's load falls on all;
 each way's round with the median p99 is reported.
+
+One more way, `ondoki, delivery only` (`WirePublisher`), tells the two halves of ondoki's
+latency apart: the bench PUBLISHes ondoki's pub/sub messages itself, as the publish script
+would send them but without storing history, with the peer's one PUBLISH per event. Its
+ratio to the peer is the delivery path's (Redis to instance B to the socket) on equal terms;
+the library's ratio adds the durable publish, which the peer does not do. It is reported,
+not held to the goal: no user publishes so.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ from typing import Any
 
 import anyio
 import httpx2 as httpx
+import msgspec
+import redis.asyncio as aioredis
 
+from ondoki.domain.notifications.publishing import EventEncoder, UserEvent
 from ondoki_adapters.redis.connection import connect
 from ondoki_adapters.redis.publisher import RedisPublisher
 from tests.bench.notifications.clients import STEADY_ONDOKI, STEADY_PEER, ClientProcess
@@ -43,6 +53,50 @@ from tests.redis_server import RedisServer
 RATE = 1000.0  # events/s
 USERS = 1000
 WARMUP = 1.0  # seconds not measured
+DELIVERY = "ondoki, delivery only"
+
+
+class WirePublisher:
+    """PUBLISH ondoki's pub/sub messages (msgpack `(epoch, offset, payload)`) straight to
+    the users' channels, as the publish script sends them, without its history write.
+
+    `begin` reads each user's epoch and latest offset, which the messages go on from (a
+    gap or a repeated offset would send B's clients to history); `end` stores the offsets
+    reached, so that the library's next publishes follow on.
+    """
+
+    def __init__(self, redis: aioredis.Redis, library: RedisPublisher, users: list[str]) -> None:
+        self.redis = redis
+        self.library = library
+        self.users = users
+        self.calls = library.channels.calls
+        self.encoder = EventEncoder()  # the library's, with its default limits
+        self.positions: dict[str, tuple[str, int]] = {}
+
+    async def begin(self) -> None:
+        # One event each first, so that every user has an epoch.
+        await self.library.publish_many(
+            [UserEvent(user, "bench", {"n": -1, "t": 0.0}) for user in self.users]
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        for user in self.users:
+            pipe.hmget(self.calls.key("meta", user), "epoch", "offset")
+        for user, (epoch, offset) in zip(self.users, await pipe.execute(), strict=True):
+            self.positions[user] = (epoch.decode(), int(offset))
+
+    async def publish(self, n: int, due: float) -> None:
+        user = self.users[n % USERS]
+        channel, payload, _ = self.encoder.one(user, "bench", {"n": n, "t": due})
+        epoch, offset = self.positions[user]
+        self.positions[user] = (epoch, offset + 1)
+        message = msgspec.msgpack.encode((epoch, offset + 1, payload))
+        await self.redis.publish(self.calls.key("notify", channel), message)
+
+    async def end(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for user, (_, offset) in self.positions.items():
+            pipe.hset(self.calls.key("meta", user), "offset", offset)
+        await pipe.execute()
 
 
 async def run_steady(
@@ -136,10 +190,13 @@ async def steady(
             async def to_peer(n: int, due: float) -> None:
                 await bare.publish(users[n % USERS], frame_text(n, due))
 
+            wire = WirePublisher(bare, library, users)
+
             ways: dict[str, tuple[Callable[[int, float], Coroutine[Any, Any, None]], int, int]]
             ways = {
                 "ondoki, HTTP": (over_http, STEADY_ONDOKI, b.process.pid),
                 "ondoki, library": (through_library, STEADY_ONDOKI, b.process.pid),
+                DELIVERY: (wire.publish, STEADY_ONDOKI, b.process.pid),
             }
             await clients.connect(
                 STEADY_ONDOKI, [ws_url(b.url, "/ws")], tokens, USERS, latency=True
@@ -160,9 +217,13 @@ async def steady(
             for round_ in range(ROUNDS if scale >= 1 else ROUNDS - 1):
                 for name in names if round_ % 2 == 0 else reversed(names):
                     publish, group, pid = ways[name]
+                    if name == DELIVERY:
+                        await wire.begin()
                     results.setdefault(name, []).append(
                         await run_steady(publish, group, clients, seconds, (pid, clients.pid))
                     )
+                    if name == DELIVERY:
+                        await wire.end()
             await clients.call("close", group=STEADY_ONDOKI)
             if peer is not None:
                 await clients.call("close", group=STEADY_PEER)
@@ -190,4 +251,8 @@ async def steady(
                 Figure(SECTION, f"{what}: p99 {name} / peer", ratio, "x", goal="<= 1x",
                        met=ratio <= 1.0)
             )  # fmt: skip
+        # Reported beside them, with no goal: see the module's docstring.
+        for percent in ("p50", "p99"):
+            ratio = median[DELIVERY][f"{percent}_ms"] / median["broadcaster peer"][f"{percent}_ms"]
+            figures.append(Figure(SECTION, f"{what}: {percent} {DELIVERY} / peer", ratio, "x"))
     return figures
