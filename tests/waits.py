@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import anyio
 
@@ -22,6 +23,14 @@ async def take(subscription: Subscription, count: int, *, within: float = 5.0) -
             if len(got) == count:
                 break
     return got
+
+
+async def until(condition: Callable[[], bool], *, within: float = 5.0) -> None:
+    """Poll state that has no event to wait on (diagnostics, not API); fails the test if
+    `condition` is not true in time."""
+    with anyio.fail_after(within):
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.01)
 
 
 async def finished(jobs: JobQueue, job_id: str, *, within: float = 15.0) -> JobRecord:

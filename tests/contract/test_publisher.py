@@ -52,6 +52,12 @@ async def test_a_batch_is_idempotent_per_item(pubsub: InspectablePubSub) -> None
         (UserEvent("no spaces allowed", "t"), "events[2]: user_id"),
         (UserEvent("carol", "bad type!"), "events[2]: type"),
         (UserEvent("carol", "t", id=""), "events[2]: id"),
+        # A lone surrogate: no UTF-8 encodes it (Redis's client raised UnicodeEncodeError
+        # while sending, failing every publish that shared the call).
+        (UserEvent("carol", "t", id="\ud800"), "events[2]: id"),
+        (UserEvent("carol", "t", {"text": "\ud800"}), "events[2]: data cannot be encoded"),
+        (UserEvent("carol", "t", {"when": object()}), "events[2]: data cannot be encoded"),
+        (UserEvent("carol", "t", {(1, 2): "tuple key"}), "events[2]: data cannot be encoded"),
     ],
 )
 async def test_a_bad_item_refuses_the_whole_batch_naming_it(
@@ -65,6 +71,18 @@ async def test_a_bad_item_refuses_the_whole_batch_naming_it(
     assert refused.value.fields["index"] == 2
     assert await positions(pubsub, "alice", "bob") == before
     assert publisher.published == 0
+
+
+async def test_data_nested_past_the_encoders_depth_is_invalid_input(
+    pubsub: InspectablePubSub,
+) -> None:
+    publisher = Publisher(pubsub)
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(InvalidInput, match="data cannot be encoded as JSON"):
+        await publisher.publish("alice", "t", deep)
+    assert [p.offset for p in await positions(pubsub, "alice")] == [0]
 
 
 async def test_a_batch_past_its_limits_is_refused_naming_the_limit(

@@ -8,17 +8,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
 from ondoki.domain.notifications import Event, UserEvent
 from ondoki.errors import InvalidInput, PubSubError
 from ondoki.models import Delivery, Message, Position
+from ondoki.ports.pubsub import Publication
+from ondoki.support.deadline import budget
 from ondoki_adapters.redis.driver import open_driver
 from ondoki_adapters.redis.publisher import RedisChannels, RedisPublisher, SyncRedisPublisher
 from ondoki_adapters.redis.pubsub import RedisPubSub
 from tests.redis_server import RedisServer
-from tests.waits import take
+from tests.waits import take, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -168,6 +171,7 @@ class _HeldScript:
             await self.release.wait()
         else:
             self.batch.set()
+            await anyio.lowlevel.checkpoint()  # as a real call's I/O would
         return [value for n in range(count) for value in (b"e", first + n)]
 
 
@@ -192,6 +196,109 @@ async def test_a_burst_of_publishes_goes_in_one_call_without_waiting_for_the_cal
         held.release.set()
     assert sorted(position.offset for position in got.values()) == list(range(1, 11))
     assert channels.script_calls == 3 and channels.gathered == 7
+
+
+class _HeldCalls(_HeldScript):
+    """`_HeldScript` holding batches too, until `release` is set; it counts the calls
+    running at once (`peak`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = self.peak = 0
+
+    async def _run(self, keys: Sequence[Any], args: Sequence[Any]) -> list[Any]:
+        count, first = int(args[3]), sum(self.calls) + 1
+        self.calls.append(count)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+        return [value for n in range(count) for value in (b"e", first + n)]
+
+
+async def test_batches_take_call_slots_and_a_single_publish_waits_no_longer_than_its_timeout() -> (
+    None
+):
+    held = _HeldCalls()
+    channels = RedisChannels(held, max_in_flight=2, timeout=0.5)  # type: ignore[arg-type]
+    batch = [Publication("u", b"x", None)] * 2
+    outcomes: list[str] = []
+
+    async def many() -> None:
+        try:
+            await channels.publish_many(batch)
+            outcomes.append("published")
+        except PubSubError:
+            outcomes.append("timed out")
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(3):
+            tasks.start_soon(many)
+        await until(lambda: len(held.calls) == 2)
+        # Two calls hold both slots and the third batch waits for one. A single publish
+        # waits too, but (before) with no deadline: as long as batches kept Redis busy.
+        started = anyio.current_time()
+        with pytest.raises(PubSubError, match="no answer from Redis within"):
+            await channels.publish("alone", b"x")
+        assert anyio.current_time() - started < 3
+    assert outcomes == ["timed out"] * 3  # none answered within its 0.5 s
+    assert held.peak == 2  # never more than max_in_flight calls at once (3 before)
+    held.release.set()
+    # Nothing leaked a slot: the next publishes go at once.
+    assert len(await channels.publish_many(batch)) == 2
+    assert (await channels.publish("after", b"x")).offset > 0
+
+
+async def test_a_gathered_call_is_not_bound_by_the_budget_of_the_publish_leading_it() -> None:
+    held = _HeldScript()
+    channels = RedisChannels(held, max_in_flight=1)  # type: ignore[arg-type]
+    got: dict[str, Position] = {}
+
+    async def one(name: str, spent: bool) -> None:
+        with budget() as request:
+            if spent:  # a request that used its whole budget on earlier calls
+                request.begin(5.0)
+                request.spend(5.0)
+            got[name] = await channels.publish(name, b"x")
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(one, "first", False)  # alone: holds the one slot
+        await until(lambda: held.calls == [1])
+        tasks.start_soon(one, "leader", True)
+        await until(lambda: bool(channels._waiting))  # it leads a group, waiting for a slot
+        tasks.start_soon(one, "follower-1", False)
+        tasks.start_soon(one, "follower-2", False)
+        await until(lambda: channels.gathered == 2)
+        held.release.set()
+    # Before, the group's call ran on the leader's empty budget: all three failed "within 0 s".
+    assert set(got) == {"first", "leader", "follower-1", "follower-2"}
+    assert held.calls == [1, 3]
+
+
+async def test_a_gathered_publish_waits_within_its_own_budget() -> None:
+    held = _HeldScript()
+    channels = RedisChannels(held, max_in_flight=1)  # type: ignore[arg-type]
+    errors: list[str] = []
+
+    async def follower() -> None:
+        with budget() as request:
+            request.begin(0.3)
+            try:
+                await channels.publish("follower", b"x")
+            except PubSubError as exc:
+                errors.append(str(exc))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(channels.publish, "first", b"x")
+        await until(lambda: held.calls == [1])
+        tasks.start_soon(channels.publish, "leader", b"x")
+        await until(lambda: bool(channels._waiting))
+        tasks.start_soon(follower)
+        await until(lambda: bool(errors))
+        assert errors == ["pubsub publish 'follower': no answer from Redis within 0.3 s"]
+        held.release.set()
 
 
 async def test_gathered_publishes_all_get_the_error() -> None:

@@ -17,7 +17,7 @@ from ondoki_adapters.redis.connection import connect
 from ondoki_adapters.redis.driver import open_driver
 from ondoki_adapters.redis.pubsub import RedisPubSub
 from tests.redis_server import RedisServer
-from tests.waits import take
+from tests.waits import take, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 # The test handing RedisPubSub a redis-py client (asyncio's) runs on asyncio only.
@@ -46,13 +46,6 @@ async def admin_of(server: RedisServer) -> AsyncIterator[Callable[..., Awaitable
         yield driver.execute
     finally:
         await driver.aclose()
-
-
-async def until(condition: Callable[[], bool], *, within: float = 5.0) -> None:
-    """Poll adapter state that has no event to wait on (it is diagnostics, not API)."""
-    with anyio.fail_after(within):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.01)
 
 
 def messages(deliveries: list[Delivery]) -> list[Message]:

@@ -36,6 +36,7 @@ from ondoki.domain.notifications.publishing import (
 from ondoki.errors import ConfigError, PubSubError
 from ondoki.models import Position
 from ondoki.ports.pubsub import Publication
+from ondoki.support.deadline import allowance, carried, current
 from ondoki.support.redact import redact_url
 from ondoki_adapters.redis.connection import (
     call,
@@ -202,6 +203,12 @@ class RedisChannels:
     nothing waits. Each caller still gets its own position (or error), and one caller's
     publishes, awaited one after the other, keep their order. A caller cancelled while it
     waits may still have published, as when a reply is lost.
+
+    Batches (`publish_many`) take a call slot too: at most `max_in_flight` script calls run
+    at once, and waiting for a slot counts against a call's deadline. A gathered call is no
+    one caller's: it runs on `timeout` (slot wait included), not on the time budget of the
+    request whose publish leads it, and each caller gathered with it waits only as long as
+    its own budget allows.
     """
 
     def __init__(
@@ -245,20 +252,29 @@ class RedisChannels:
             index = len(gathered.publications)
             gathered.publications.append(publication)
             self.gathered += 1
-            await gathered.done.wait()
+            await self._wait(gathered, _what([publication]))
             return gathered.result(index)
         gathered = self._waiting[keyed] = _Gathered(publication)
+        over = current()
+        started = anyio.current_time()
+        end = started + self.timeout  # one timeout for the wait for a slot and the call
         try:
             # Shielded: the others wait on this task to send what they gave it.
             with anyio.CancelScope(shield=True):
                 # The rest of this turn of the event loop: publishes made in it join.
                 await anyio.lowlevel.checkpoint()
-                while self._in_flight >= self.max_in_flight:
-                    await self._slot().wait()
+                with anyio.move_on_after(self.timeout):
+                    while self._in_flight >= self.max_in_flight:
+                        await self._slot().wait()
                 if self._waiting.get(keyed) is gathered:
                     del self._waiting[keyed]
                 try:
-                    gathered.positions = await self._send(gathered.publications)
+                    # The group's call is no one caller's: it runs on this adapter's
+                    # timeout, not on the budget of the request that happens to lead it.
+                    with carried(None):
+                        gathered.positions = await self._send(
+                            gathered.publications, within=end - anyio.current_time()
+                        )
                 except Exception as exc:
                     gathered.error = str(exc) or type(exc).__name__
                     if not isinstance(exc, PubSubError):
@@ -267,6 +283,8 @@ class RedisChannels:
             if self._waiting.get(keyed) is gathered:
                 del self._waiting[keyed]
             gathered.done.set()
+            if over is not None:
+                over.spend(anyio.current_time() - started)
         return gathered.result(0)
 
     async def publish_many(self, publications: Sequence[Publication]) -> list[Position]:
@@ -274,28 +292,54 @@ class RedisChannels:
             return []
         return await self._send(publications)
 
+    async def _wait(self, gathered: _Gathered, what: str) -> None:
+        """Wait for a group this caller joined, within the caller's own time (its request's
+        budget, or this adapter's timeout)."""
+        limit, budget = allowance(self.timeout)
+        started = anyio.current_time()
+        try:
+            with anyio.move_on_after(limit):
+                await gathered.done.wait()
+                return
+        finally:
+            if budget is not None:
+                budget.spend(anyio.current_time() - started)
+        # Like a lost reply: the group may still send it.
+        raise PubSubError(f"{what}: no answer from Redis within {limit:g} s")
+
     def _slot(self) -> anyio.Event:
         if self._slot_freed is None:
             self._slot_freed = anyio.Event()
         return self._slot_freed
 
-    async def _send(self, publications: Sequence[Publication]) -> list[Position]:
+    async def _send(
+        self, publications: Sequence[Publication], *, within: float | None = None
+    ) -> list[Position]:
+        """One script call for `publications`, when one of the `max_in_flight` call slots
+        is free; waiting for it counts against the call's deadline (`within` seconds, or
+        the adapter's `timeout`)."""
         keys, args = self.calls.request(publications)
-        self._in_flight += 1
         self.script_calls += 1
-        try:
-            reply = await call(
-                lambda: self._script(keys=keys, args=args),
-                error=PubSubError,
-                what=_what(publications),
-                idempotent=self.calls.idempotent(publications),
-                deadline=self.timeout,
-            )
-        finally:
-            self._in_flight -= 1
-            if self._slot_freed is not None:
-                self._slot_freed.set()
-                self._slot_freed = None
+
+        async def in_a_slot() -> Any:
+            while self._in_flight >= self.max_in_flight:
+                await self._slot().wait()
+            self._in_flight += 1
+            try:
+                return await self._script(keys=keys, args=args)
+            finally:
+                self._in_flight -= 1
+                if self._slot_freed is not None:
+                    self._slot_freed.set()
+                    self._slot_freed = None
+
+        reply = await call(
+            in_a_slot,
+            error=PubSubError,
+            what=_what(publications),
+            idempotent=self.calls.idempotent(publications),
+            deadline=self.timeout if within is None else max(0.0, within),
+        )
         return self.calls.positions(reply)
 
 

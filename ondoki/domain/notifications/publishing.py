@@ -32,6 +32,17 @@ class UserEvent(msgspec.Struct, forbid_unknown_fields=True):
     id: str | None = None
 
 
+def _unicode(text: str) -> bool:
+    """True unless `text` holds a lone surrogate (which no UTF-8 encodes)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class EventEncoder:
     """Checks events and encodes them into the publications their users' channels store.
 
@@ -59,9 +70,13 @@ class EventEncoder:
         """The encoded event, checked (but not its user)."""
         if not EVENT_TYPE.fullmatch(type):
             raise InvalidInput("type must be 1-64 characters of letters, digits and . _ -")
-        if id is not None and not 1 <= len(id) <= 128:
-            raise InvalidInput("id must be 1-128 characters")
-        payload = encode(Event(type=type, data=data))
+        if id is not None and not (1 <= len(id) <= 128 and _unicode(id)):
+            raise InvalidInput("id must be 1-128 characters of Unicode text")
+        try:
+            payload = encode(Event(type=type, data=data))
+        except (TypeError, ValueError, RecursionError, msgspec.EncodeError) as exc:
+            # An unsupported type, a lone surrogate, nesting too deep for the encoder.
+            raise InvalidInput(f"data cannot be encoded as JSON: {exc}") from None
         if len(payload) > self.max_event_bytes:
             raise TooLarge(f"event is {len(payload)} bytes; the limit is {self.max_event_bytes}")
         return payload
