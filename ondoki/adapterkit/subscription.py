@@ -30,13 +30,13 @@ class BufferedSubscription(ABC):
     `_closed`, `_sleep`). History is read a page at a time: a subscriber far behind holds
     one page, never its whole history.
 
-    A full buffer is dropped rather than blocking whoever pushes (the publisher, or the
-    one reader all subscriptions share): the dropped messages are in history, and the next
-    read refills from there. `_drops` counts the drops, so a repair that raced with a new
+    A full buffer (`buffer` messages, or `buffer_bytes` of payloads) is dropped rather than
+    blocking whoever pushes (the publisher, or the one reader all subscriptions share): the
+    dropped messages are in history, and the next read refills from there. `_drops` counts the drops, so a repair that raced with a new
     one knows it is not done.
     """
 
-    def __init__(self, cursor: Cursor, buffer: int) -> None:
+    def __init__(self, cursor: Cursor, buffer: int, buffer_bytes: int) -> None:
         # Set by `hand_over`: takes in-order live messages without waking the consumer.
         self._receiver: Callable[[Message], None] | None = None
         # Set by `on_pending`: told when something is queued for iteration.
@@ -44,6 +44,8 @@ class BufferedSubscription(ABC):
         self._failure: Exception | None = None
         self._cursor = cursor
         self._buffer = buffer
+        self._buffer_bytes = buffer_bytes
+        self._inbox_bytes = 0  # payload bytes in `_inbox`
         # Empty most of a subscription's life (live messages go to the receiver): an
         # empty tuple until used, as an empty deque costs over 600 bytes per subscriber.
         self._ready: deque[Delivery] | tuple[()] = ()
@@ -87,18 +89,21 @@ class BufferedSubscription(ABC):
                     self._failure = exc
                     self.wake()
             return
-        if len(self._inbox) >= self._buffer:
+        size = len(message.payload)
+        if len(self._inbox) >= self._buffer or self._inbox_bytes + size > self._buffer_bytes:
             self.lose_buffer()
         else:
             if not self._inbox:
                 self._inbox = deque()
             self._inbox.append(message)
+            self._inbox_bytes += size
             self.wake()
 
     def lose_buffer(self) -> None:
         """Live delivery broke (overflow, a lost connection): drop what is buffered and
         refill from history (`_repair`) before anything live is delivered again."""
         self._inbox = ()
+        self._inbox_bytes = 0
         self._stale = True
         self._drops += 1
         self.wake()
@@ -177,6 +182,7 @@ class BufferedSubscription(ABC):
             if self._inbox:
                 assert isinstance(self._inbox, deque)
                 message = self._inbox.popleft()
+                self._inbox_bytes -= len(message.payload)
                 if self._accept(message):
                     return message
                 continue

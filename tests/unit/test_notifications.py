@@ -593,6 +593,33 @@ async def test_sockets_per_user_are_bounded_with_4029(pubsub: MemoryPubSub) -> N
         tasks.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("old", [4, 5, 6])
+async def test_a_live_event_during_the_tail_of_a_replay_goes_out_after_it(
+    pubsub: MemoryPubSub, old: int
+) -> None:
+    # A replay waiting for the client to take what it was sent held its next event while
+    # it waited; when that was the last one, the subscription looked empty, so a live event
+    # coming then went out first (offsets 1-4, 6), and the client was closed with 4008
+    # before the held one was sent: resuming from 6, it had lost 5 for good.
+    hub = NotificationHub(pubsub, send_buffer_bytes=512, max_event_bytes=512, resume_wait=0.3)
+    start = await pubsub.position("alice")
+    for _ in range(old):
+        await hub.publish("alice", "old", "x" * 60)
+    client = FakeClient()
+    client.stall = FakeClient.kind != "queued"  # a transport that takes nothing for now
+    async with running(hub), anyio.create_task_group() as tasks:
+        await client.say({"type": "resume", "epoch": start.epoch, "offset": 0})
+        tasks.start_soon(hub.serve, client, "alice", "s")
+        await anyio.sleep(0.3)  # the replay has sent what the buffer takes, and waits
+        await hub.publish("alice", "live")
+        await anyio.sleep(0.05)
+        client.release()
+        frames = await client.notifications(old + 1)
+        assert [f["offset"] for f in frames] == list(range(1, old + 2))
+        assert client.closed is None
+        tasks.cancel_scope.cancel()
+
+
 async def test_a_long_replay_is_sent_at_the_clients_pace_not_closed(pubsub: MemoryPubSub) -> None:
     # 40 events of ~100 bytes (4 KB) behind a 512-byte send buffer: the replay waits for the
     # client instead of closing it (4008) or holding the history in memory.

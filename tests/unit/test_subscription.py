@@ -15,8 +15,8 @@ pytestmark = pytest.mark.anyio
 class _History(BufferedSubscription):
     """Repairs from a list that stands for the backend's history."""
 
-    def __init__(self, history: list[bytes], buffer: int) -> None:
-        super().__init__(Cursor("c", "e", 0), buffer)
+    def __init__(self, history: list[bytes], buffer: int, buffer_bytes: int = 1 << 20) -> None:
+        super().__init__(Cursor("c", "e", 0), buffer, buffer_bytes)
         self.history = history
         self.repairs = 0
 
@@ -33,7 +33,7 @@ def message(offset: int) -> Message:
 
 def test_the_base_class_is_abstract() -> None:
     with pytest.raises(TypeError, match="_repair"):
-        BufferedSubscription(Cursor("c", "e", 0), 1)  # type: ignore[abstract]
+        BufferedSubscription(Cursor("c", "e", 0), 1, 1)  # type: ignore[abstract]
 
 
 async def test_pushed_messages_arrive_in_order() -> None:
@@ -60,6 +60,20 @@ async def test_an_overflowing_buffer_loses_itself_rather_than_block() -> None:
         subscription.push(message(offset))  # never waits, though nobody reads
     assert [m.position.offset for m in await take(subscription, 5)] == [1, 2, 3, 4, 5]
     assert subscription.repairs == 1
+
+
+async def test_a_buffer_past_its_bytes_loses_itself_too() -> None:
+    # Bounded in messages only, 1,024 live events of 60 KB each could wait for one
+    # replaying subscriber (60 MB); in bytes, the buffer holds about one replay page.
+    history = [b"x" * 100 for _ in range(6)]
+    subscription = _History(history, buffer=1024, buffer_bytes=250)
+    subscription.hand_over(lambda message: None)
+    subscription.lose_buffer()  # a replay is due: live messages queue behind it
+    for offset in range(1, 7):
+        subscription.push(Message("c", Position("e", offset), history[offset - 1]))
+        assert subscription._inbox_bytes <= 250
+    assert [m.position.offset for m in await take(subscription, 6)] == [1, 2, 3, 4, 5, 6]
+    assert subscription._inbox_bytes == 0
 
 
 async def test_close_ends_iteration_and_drops_the_live_buffer() -> None:

@@ -65,7 +65,7 @@ class _MemorySubscription(BufferedSubscription):
     """One subscriber's view; history is read in process, so a repair never waits."""
 
     def __init__(self, pubsub: MemoryPubSub, cursor: Cursor, counters: _Counters) -> None:
-        super().__init__(cursor, pubsub.buffer)
+        super().__init__(cursor, pubsub.buffer, pubsub.replay_page_bytes)
         self._pubsub = pubsub
         self._counters = counters
 
@@ -91,7 +91,8 @@ class MemoryPubSub:
     Each channel keeps its last `history_size` messages; its whole state (epoch, history,
     idempotency keys) expires `history_ttl` seconds after the last publish, and the next
     publish then starts a new epoch at offset 1. Each subscription buffers up to `buffer`
-    live messages; a subscriber that falls further behind is refilled from history. History
+    live messages (and `replay_page_bytes` of their payloads); a subscriber that falls
+    further behind is refilled from history. History
     is replayed in pages of at most `replay_page_bytes` of payloads (and `REPLAY_PAGE_ENTRIES`
     entries), each read when the subscriber has taken the one before.
     """

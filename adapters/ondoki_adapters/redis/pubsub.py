@@ -126,7 +126,7 @@ class _RedisSubscription(BufferedSubscription):
     """One subscriber's view of a channel on this instance's pub/sub connection."""
 
     def __init__(self, pubsub: RedisPubSub, channel: _Channel, counters: _Counters) -> None:
-        super().__init__(Cursor(channel.name, "", 0), pubsub.buffer)
+        super().__init__(Cursor(channel.name, "", 0), pubsub.buffer, pubsub.replay_page_bytes)
         self._pubsub = pubsub
         self._channel = channel
         self._counters = counters

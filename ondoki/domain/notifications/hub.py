@@ -589,11 +589,14 @@ class _Client:
         hub = self.hub
         try:
             with scope:
-                while True:
+                while subscription.pending():
+                    # Room first, then take and forward with no wait between: a delivery
+                    # held while waiting would leave the subscription looking empty, and a
+                    # live message coming then would go out ahead of it.
+                    await self.outbox.room(hub.ping_timeout)
                     delivery = await subscription.next_pending()
                     if delivery is None:
                         return
-                    await self.outbox.room(hub.ping_timeout)
                     hub.forward(delivery, self.session, self.outbox)
         finally:
             if self.drain_scope is scope:

@@ -72,16 +72,19 @@ class Outbox(ABC):
         """The bytes waiting for the client."""
 
     async def room(self, within: float) -> None:
-        """Wait until the client has taken enough that what waits is within the limit;
+        """Wait until the client has taken enough that at most half the limit waits;
         raises ClientClosed (too slow) if that takes longer than `within` seconds.
 
         A replay waits here between frames, so history is read and sent at the client's
-        pace, holding at most the limit unsent, instead of closing the client."""
-        if self.unsent() <= self.limit:
+        pace instead of closing the client. It keeps at most half the limit (and one frame)
+        unsent, so that live frames coming meanwhile find room: filled to the limit, the
+        first of them would close a client that keeps up."""
+        target = self.limit // 2
+        if self.unsent() <= target:
             return
         with anyio.move_on_after(within):
             # A transport says nothing when its buffer drains: look again, briefly.
-            while self.unsent() > self.limit:  # noqa: ASYNC110
+            while self.unsent() > target:  # noqa: ASYNC110
                 await anyio.sleep(_ROOM_POLL)
             return
         raise self.too_slow()
