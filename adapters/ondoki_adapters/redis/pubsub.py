@@ -47,10 +47,10 @@ T = TypeVar("T")
 
 log = logging.getLogger("ondoki.pubsub")
 
-# KEYS: meta, history. ARGV: candidate epoch, ttl (ms), the caller's epoch ('' for none),
-# first offset wanted, most entries, most payload bytes. Returns {epoch, latest offset, one
-# page of entries from that offset if the epoch matches, or from offset 1 if it changed
-# (none for the '' epoch)}: at most that many entries, and no more payload bytes than that
+# KEYS: meta, history. ARGV: candidate epoch, ttl (ms), the caller's epoch after a '='
+# ('' for none: an empty epoch is one the channel never had), first offset wanted, most
+# entries, most payload bytes. Returns {epoch, latest offset, one page of entries from that
+# offset if the epoch matches, or from offset 1 if it changed (none without an epoch)}: at most that many entries, and no more payload bytes than that
 # (but at least one entry). A channel without state gets its epoch here, like MemoryPubSub.
 _READ = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -64,7 +64,7 @@ local latest = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
 local first = nil
 if ARGV[3] == '' then
   -- A fresh subscription only needs the position.
-elseif epoch ~= ARGV[3] then
+elseif epoch ~= string.sub(ARGV[3], 2) then
   -- A changed epoch is read from its start (see ondoki.adapterkit.cursor.Cursor.catch_up).
   first = '0-1'
 elseif tonumber(ARGV[4]) <= latest then
@@ -277,7 +277,7 @@ class RedisPubSub:
         args: list[str | int] = [
             secrets.token_hex(8),
             self._ttl_ms,
-            epoch or "",
+            "" if epoch is None else "=" + epoch,
             offset + 1,
             REPLAY_PAGE_ENTRIES,
             self.replay_page_bytes,
