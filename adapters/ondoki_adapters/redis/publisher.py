@@ -36,7 +36,7 @@ from ondoki.domain.notifications.publishing import (
 from ondoki.errors import ConfigError, PubSubError
 from ondoki.models import Position
 from ondoki.ports.pubsub import Publication
-from ondoki.support.deadline import allowance, carried, current
+from ondoki.support.deadline import allowance, carried
 from ondoki.support.redact import redact_url
 from ondoki_adapters.redis.connection import (
     call,
@@ -205,10 +205,11 @@ class RedisChannels:
     waits may still have published, as when a reply is lost.
 
     Batches (`publish_many`) take a call slot too: at most `max_in_flight` script calls run
-    at once, and waiting for a slot counts against a call's deadline. A gathered call is no
-    one caller's: it runs on `timeout` (slot wait included), not on the time budget of the
-    request whose publish leads it, and each caller gathered with it waits only as long as
-    its own budget allows.
+    at once. A call waits at most half its time for a slot; one that gets none fails with
+    nothing sent. A gathered call is no one caller's: it runs on `timeout` (slot wait
+    included), not on the time budget of the request whose publish leads it. The publish
+    leading it waits for it (the others depend on it); each one that joined waits only as
+    long as its own request's budget allows.
     """
 
     def __init__(
@@ -255,15 +256,19 @@ class RedisChannels:
             await self._wait(gathered, _what([publication]))
             return gathered.result(index)
         gathered = self._waiting[keyed] = _Gathered(publication)
-        over = current()
+        _, over = allowance(self.timeout)  # (starts the request's budget, if this is first)
         started = anyio.current_time()
         end = started + self.timeout  # one timeout for the wait for a slot and the call
         try:
-            # Shielded: the others wait on this task to send what they gave it.
+            # Shielded: the others wait on this task to send what they gave it. So the
+            # caller leading a group waits for its call (up to `timeout`), past its own
+            # request's budget if need be; the others wait within theirs.
             with anyio.CancelScope(shield=True):
-                # The rest of this turn of the event loop: publishes made in it join.
+                # The rest of this turn of the event loop: publishes made in it join, and
+                # so do those made while every slot stays busy (for half the timeout at
+                # most: see `_send`).
                 await anyio.lowlevel.checkpoint()
-                with anyio.move_on_after(self.timeout):
+                with anyio.move_on_after(self.timeout / 2):
                     while self._in_flight >= self.max_in_flight:
                         await self._slot().wait()
                 if self._waiting.get(keyed) is gathered:
@@ -315,15 +320,27 @@ class RedisChannels:
     async def _send(
         self, publications: Sequence[Publication], *, within: float | None = None
     ) -> list[Position]:
-        """One script call for `publications`, when one of the `max_in_flight` call slots
-        is free; waiting for it counts against the call's deadline (`within` seconds, or
-        the adapter's `timeout`)."""
+        """One script call for `publications`, in one of the `max_in_flight` call slots,
+        within `within` seconds (or the adapter's `timeout`).
+
+        Waiting for a slot takes at most half of that time. A call that gets none fails
+        with nothing sent: sent with little time left, it would likely time out after Redis
+        had stored it, an outcome its caller cannot know."""
         keys, args = self.calls.request(publications)
         self.script_calls += 1
+        what = _what(publications)
 
         async def in_a_slot() -> Any:
-            while self._in_flight >= self.max_in_flight:
-                await self._slot().wait()
+            if self._in_flight >= self.max_in_flight:
+                patience = (anyio.current_effective_deadline() - anyio.current_time()) / 2
+                with anyio.move_on_after(patience):
+                    while self._in_flight >= self.max_in_flight:
+                        await self._slot().wait()
+                if self._in_flight >= self.max_in_flight:
+                    raise PubSubError(
+                        f"{what}: all {self.max_in_flight} publish calls stayed busy for "
+                        f"{patience:.2g} s; nothing was sent"
+                    )
             self._in_flight += 1
             try:
                 return await self._script(keys=keys, args=args)
@@ -336,7 +353,7 @@ class RedisChannels:
         reply = await call(
             in_a_slot,
             error=PubSubError,
-            what=_what(publications),
+            what=what,
             idempotent=self.calls.idempotent(publications),
             deadline=self.timeout if within is None else max(0.0, within),
         )

@@ -192,6 +192,8 @@ class RedisPubSub:
 
     History is replayed in pages of at most `replay_page_bytes` of payloads (and
     `REPLAY_PAGE_ENTRIES` entries), each read when the subscriber has taken the one before.
+    Each subscription buffers up to `buffer` live messages and `replay_page_bytes` of their
+    payloads; past that it is refilled from history.
 
     `timeout` bounds connecting and how long `subscribe` waits for the server to confirm.
     Publishing without an idempotency key is never retried (a lost reply could mean it was
