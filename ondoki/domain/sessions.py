@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from ondoki.domain import validation
-from ondoki.errors import CacheError, SessionStoreError, TooLarge, Unauthorized
+from ondoki.errors import CacheError, InvalidInput, SessionStoreError, TooLarge, Unauthorized
 from ondoki.models import Session
 from ondoki.ports.cache import Cache
 from ondoki.ports.sessions import SessionStore, StoredSession
@@ -101,6 +101,9 @@ class Sessions:
             raise TooLarge(
                 f"session data is {len(value)} bytes; the limit is {self.max_data_bytes}"
             )
+        if _holds_nul(session.data):
+            # PostgreSQL's jsonb refuses it: every store must take what the memory one does.
+            raise InvalidInput("session data must not contain the NUL character (\\u0000)")
         token = secrets.token_urlsafe(32)
         key = _key(token)
         if self.store is None:
@@ -159,7 +162,9 @@ class Sessions:
         if (
             self.store is not None
             and persisted is not None
-            and expires - persisted >= self.persist_interval
+            # A session whose TTL is shorter than the interval persists every half TTL:
+            # waiting for the interval, its stored expiry would pass while it is in use.
+            and expires - persisted >= min(self.persist_interval, session.ttl_seconds / 2)
             and now >= self._persist_paused_until
         ):
             refill = not await self._persist(key, session, expires, now, cached=cached) and refill
@@ -243,3 +248,19 @@ class Sessions:
             await self.cache.set(key, value, ttl=ttl)
         except CacheError as exc:
             log.debug("could not cache a session: %s", exc)
+
+
+def _holds_nul(data: Any) -> bool:
+    """Whether any string in JSON-like `data` (keys included) holds U+0000."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from ondoki.errors import InvalidInput
@@ -27,7 +28,7 @@ def state_key(value: str) -> str:
 
 
 def ttl(value: float, *, maximum: float, name: str = "ttl_seconds") -> float:
-    """`value` if it is a positive number of seconds no larger than `maximum`."""
-    if not (value > 0 and value <= maximum):
+    """`value` if it is a positive, finite number of seconds no larger than `maximum`."""
+    if not (value > 0 and value <= maximum and math.isfinite(value)):
         raise InvalidInput(f"{name} must be more than 0 and at most {maximum:g}", field=name)
     return value

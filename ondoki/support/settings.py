@@ -17,7 +17,10 @@ import msgspec
 from ondoki.errors import ConfigError
 from ondoki.support.redact import redact_url, url_password
 
-Seconds = Annotated[float, msgspec.Meta(gt=0)]
+#: The longest duration a setting takes: 100 years (finite: a TTL of `inf` or 1e308 cannot
+#: be stored, in Redis or in a timestamp).
+MAX_SECONDS = 100 * 365 * 86_400.0
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 
 DEFAULT_CONFIG = Path("configs/ondoki.toml")

@@ -3,10 +3,12 @@ absolute lifetime, and what each failure does (memory adapters, a controllable c
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from ondoki.domain.sessions import Sessions, session_id
-from ondoki.errors import CacheError, SessionStoreError, Unauthorized
+from ondoki.errors import CacheError, InvalidInput, SessionStoreError, Unauthorized
 from ondoki.ports.sessions import StoredSession
 from ondoki_adapters.memory.cache import MemoryCache
 from ondoki_adapters.memory.sessions import MemorySessionStore
@@ -162,6 +164,36 @@ async def test_sliding_expiry_is_persisted_at_most_every_interval(world: World) 
         world.clock.now += 1
         await world.sessions.get(token)
     assert world.store.extends == 1
+
+
+async def test_a_session_shorter_than_the_interval_slides_in_the_store_too(
+    world: World,
+) -> None:
+    # TTL 30 s, persist interval 60 s: before, the first store write was due after 60 s of
+    # sliding, when the stored expiry had passed: the write found no session and the
+    # client, busy all along, was logged out.
+    token, _ = await world.sessions.create("alice", ttl=INTERVAL / 2)
+    for _ in range(60):  # a request every 5 s for 5 minutes
+        world.clock.now += 5
+        await world.sessions.get(token)
+    world.restart_cache()  # and Redis restarts: the store alone still knows the session
+    world.clock.now += 5
+    session, _ = await world.sessions.get(token)
+    assert session.user_id == "alice"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"note": "a\x00b"}, {"a\x00": 1}, {"deep": [[{"x": ["\x00"]}]]}],
+)
+async def test_session_data_with_a_nul_character_is_refused(
+    world: World, data: dict[str, object]
+) -> None:
+    # PostgreSQL's jsonb refuses U+0000: it was a 503 blaming the database there, and
+    # stored by the memory store.
+    with pytest.raises(InvalidInput, match="NUL"):
+        await world.sessions.create("alice", data)
+    assert world.store is not None and await world.store.purge_expired(now=math.inf) == 0
 
 
 async def test_losing_the_cache_costs_at_most_one_interval_of_sliding(world: World) -> None:

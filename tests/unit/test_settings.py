@@ -61,6 +61,10 @@ def test_ondoki_variables_are_typed() -> None:
         ({"CELERY_RESULT_BACKEND": "redis://broker/1"}, "CELERY_RESULT_BACKEND"),
         ({"ONDOKI_API_KEY": "short"}, "ONDOKI_API_KEY"),
         ({"ONDOKI_STATE_TTL_SECONDS": "1e9"}, "ONDOKI_STATE_TTL_SECONDS"),
+        # Not finite, or past any timestamp: a TTL of that cannot be stored (it was a 500).
+        ({"ONDOKI_STATE_MAX_TTL_SECONDS": "inf"}, "ONDOKI_STATE_MAX_TTL_SECONDS"),
+        ({"ONDOKI_SESSION_MAX_TTL_SECONDS": "1e308"}, "ONDOKI_SESSION_MAX_TTL_SECONDS"),
+        ({"ONDOKI_SESSION_ABSOLUTE_TTL_SECONDS": "nan"}, "ONDOKI_SESSION_ABSOLUTE_TTL_SECONDS"),
         # Smaller than the largest event (64 KiB): that event would close every client.
         ({"ONDOKI_WS_SEND_BUFFER_BYTES": "4096"}, "ONDOKI_WS_SEND_BUFFER_BYTES"),
     ],

@@ -88,6 +88,8 @@ def test_state_ttl_parameter(api: Api) -> None:
         (b'{"user_id": ""}', {}, 422, "invalid_input", "user_id"),
         (b'{"user_id": "u", "ttl_seconds": -1}', {}, 422, "invalid_input", "ttl_seconds"),
         (b'{"user_id": "u", "ttl_seconds": 1e12}', {}, 422, "invalid_input", "ttl_seconds"),
+        # PostgreSQL's jsonb refuses U+0000: a 503 blaming the database before.
+        (b'{"user_id": "u", "data": {"a": "x\\u0000"}}', {}, 422, "invalid_input", "NUL"),
         (b'{"user_id": "u", "ttl_seconds": "10"}', {}, 422, "invalid_input", "ttl_seconds"),
         (b'{"user_id": "u", "data": [1]}', {}, 422, "invalid_input", "data"),
         (b'{"user_id": "u", "extra": 1}', {}, 422, "invalid_input", "extra"),
@@ -156,6 +158,7 @@ def test_the_api_key_is_not_a_session(api: Api) -> None:
         ("/state/draft?ttl_seconds=0", b"{}", {}, 422, "ttl_seconds"),
         ("/state/draft?ttl_seconds=nan", b"{}", {}, 422, "ttl_seconds"),
         ("/state/draft?ttl_seconds=1e99", b"{}", {}, 422, "ttl_seconds"),
+        ("/state/draft?ttl_seconds=inf", b"{}", {}, 422, "ttl_seconds"),
     ],
 )
 def test_bad_state_writes_keep_what_was_stored(

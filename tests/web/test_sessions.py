@@ -169,3 +169,24 @@ def test_redis_down_session_checks_fall_back_to_the_database(
             fresh_redis.start()
         assert api.client.put("/state/draft", json={"step": 1}, headers=headers).status_code == 200
         assert api.client.get("/sessions/me", headers=headers).status_code == 200
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_a_logout_redis_did_not_take_is_finished_by_the_next_not_undone(
+    fresh_redis: RedisServer, database_url: str
+) -> None:
+    settings = Settings(
+        redis_url=fresh_redis.url(0), database_url=database_url, redis_timeout_seconds=0.5
+    )
+    with serving(settings, "asyncio") as api:
+        headers = api.login("alice")
+        with fresh_redis.frozen():
+            # The database row goes; the cached copy cannot: 503, log out again.
+            assert api.client.delete("/sessions/me", headers=headers).status_code == 503
+            # Before, this answered 401 (the session looked gone) and the client stopped,
+            # leaving the cached copy to work again once Redis answered.
+            assert api.client.delete("/sessions/me", headers=headers).status_code == 503
+        # Redis answers again: the cached copy was still there, and this logout ends it.
+        assert api.client.delete("/sessions/me", headers=headers).status_code == 204
+        assert api.client.get("/sessions/me", headers=headers).status_code == 401

@@ -19,10 +19,16 @@ from ondoki.domain.job_view import job_view
 from ondoki.domain.media import KIND as IMPORT_KIND
 from ondoki.domain.notifications import UserEvent
 from ondoki.domain.sessions import session_id
-from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge
+from ondoki.errors import InvalidInput, NotFound, OndokiError, TooLarge, Unauthorized
 from ondoki.models import JobRecord, JobState
 from ondoki_adapters.web import wire
-from ondoki_adapters.web.auth import has_api_key, require_api_key, require_session, services
+from ondoki_adapters.web.auth import (
+    bearer,
+    has_api_key,
+    require_api_key,
+    require_session,
+    services,
+)
 from ondoki_adapters.web.guide_page import render_page
 from ondoki_adapters.web.http import (
     UnsupportedMediaType,
@@ -90,18 +96,32 @@ async def create_session(request: Request) -> Response:
 
 
 async def my_session(request: Request) -> Response:
-    token, session, expires_at = await require_session(request)
     if request.method == "DELETE":
-        found = services(request)
-        await found.sessions.end(token)
-        # Close this session's sockets on every instance, not just this one.
-        await found.notifications.end_session(session.user_id, session_id(token))
-        return Response(status_code=204)
+        return await _log_out(request)
+    _, session, expires_at = await require_session(request)
     return json_response(
         wire.SessionView(
             session.user_id, session.data, _time(session.created_at), _time(expires_at)
         )
     )
+
+
+async def _log_out(request: Request) -> Response:
+    found = services(request)
+    try:
+        token, session, _ = await require_session(request)
+    except Unauthorized:
+        # Unknown here, yet a cached copy may be left by an earlier logout whose cache
+        # delete failed (a 503, its database row already gone): end it too. A cache that
+        # still does not answer makes this a 503 again, never a 401 the client would take
+        # for done.
+        token = bearer(request)
+        await found.sessions.end(token)
+        raise
+    await found.sessions.end(token)
+    # Close this session's sockets on every instance, not just this one.
+    await found.notifications.end_session(session.user_id, session_id(token))
+    return Response(status_code=204)
 
 
 async def publish_notification(request: Request) -> Response:
