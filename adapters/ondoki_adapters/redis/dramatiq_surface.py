@@ -26,17 +26,28 @@ dramatiq and a real Redis, so an upgrade that breaks one fails loudly there.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
 import redis
+import redis.exceptions as rex
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
 
 #: The dramatiq release series (major, minor) this module was written and tested against.
 SERIES = (2, 2)
+
+log = logging.getLogger("ondoki.worker")
+
+#: Redis errors that mean "not now" rather than "never": a full server under `noeviction`
+#: (OOM) and a read-only replica during a failover. Worth waiting out, unlike a wrong type.
+REFUSED_FOR_NOW: tuple[type[rex.RedisError], ...] = (rex.OutOfMemoryError, rex.ReadOnlyError)
+#: How long an ack, nack or requeue waits out `REFUSED_FOR_NOW` (dramatiq gives up at once).
+SETTLE_PATIENCE = 60.0
 
 
 def check_version(version: str) -> None:
@@ -172,17 +183,35 @@ class JobBroker(RedisBroker):
                 self._in_flight = max(0, self._in_flight - count)
                 self._gate.notify_all()
 
+    def _settle(self, name: str, queue_name: str, *message_ids: str) -> None:
+        """Ack, nack or requeue, waiting out a Redis that refuses writes for now (for up to
+        `SETTLE_PATIENCE` seconds: dramatiq retries only connection errors, and gives up on
+        the others); the capacity slot is freed whatever happens, or the worker would never
+        fetch again."""
+        try:
+            delay = 0.1
+            deadline = time.monotonic() + SETTLE_PATIENCE
+            while True:
+                try:
+                    self._command(name)(queue_name, *message_ids)
+                    return
+                except REFUSED_FOR_NOW as exc:
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    log.warning("job message %s: %s; retrying in %.1fs", name, exc, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            self._done(queue_name, len(message_ids))
+
     def do_ack(self, queue_name: str, message_id: str) -> None:
-        self._command("ack")(queue_name, message_id)
-        self._done(queue_name, 1)
+        self._settle("ack", queue_name, message_id)
 
     def do_nack(self, queue_name: str, message_id: str) -> None:
-        self._command("nack")(queue_name, message_id)
-        self._done(queue_name, 1)
+        self._settle("nack", queue_name, message_id)
 
     def do_requeue(self, queue_name: str, *message_ids: str) -> None:
-        self._command("requeue")(queue_name, *message_ids)
-        self._done(queue_name, len(message_ids))
+        self._settle("requeue", queue_name, *message_ids)
 
 
 class JobWorker(dramatiq.Worker):

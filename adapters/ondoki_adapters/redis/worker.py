@@ -48,7 +48,7 @@ from ondoki.errors import JobQueueError
 from ondoki.models import FINAL_STATES, JobRecord, WorkerInfo, WorkerJob
 from ondoki.ports.jobs import JobNotify, JobObserver
 from ondoki_adapters.redis.connection import describe, milliseconds
-from ondoki_adapters.redis.dramatiq_surface import JobBroker, JobWorker
+from ondoki_adapters.redis.dramatiq_surface import REFUSED_FOR_NOW, JobBroker, JobWorker
 from ondoki_adapters.redis.jobs import (
     ACTOR,
     BACKOFF_OPTION,
@@ -63,6 +63,13 @@ from ondoki_adapters.redis.jobs import (
 from ondoki_adapters.redis.registry import remove_worker, write_worker
 
 log = logging.getLogger("ondoki.worker")
+
+#: What `_patiently` waits out: connection trouble, and a Redis refusing writes for now.
+_WAITED_OUT: tuple[type[rex.RedisError], ...] = (
+    *REFUSED_FOR_NOW,
+    rex.ConnectionError,
+    rex.TimeoutError,
+)
 
 T = TypeVar("T")
 
@@ -170,13 +177,15 @@ class _Runner:
     # -- Redis, from threads ------------------------------------------------------------------
 
     def _patiently(self, what: str, function: Callable[[], T]) -> T:
-        """Run `function`, waiting out connection trouble until the worker stops: giving up
-        would leave the job's message acked and its record stuck."""
+        """Run `function`, waiting out connection trouble, and a Redis that refuses writes
+        for now (full under `noeviction`, or a read-only replica during a failover), until
+        the worker stops: giving up would leave the job's message acked and its record
+        stuck."""
         delay = 0.1
         while True:
             try:
                 return function()
-            except (rex.ConnectionError, rex.TimeoutError) as exc:
+            except _WAITED_OUT as exc:
                 if self.stopping.is_set() or isinstance(exc, rex.AuthenticationError):
                     raise JobQueueError(f"{what}: {describe(exc)}") from None
                 log.warning("%s: %s; retrying in %.1fs", what, describe(exc), delay)
