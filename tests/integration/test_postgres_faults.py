@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anyio
 import pytest
 
 from ondoki.domain.sessions import Sessions
 from ondoki.errors import SessionStoreError, Unauthorized
+from ondoki.ports.sessions import StoredSession
 from ondoki.support.settings import Settings, load_settings
 from ondoki_adapters.memory.cache import MemoryCache
 from ondoki_adapters.postgres.doctor import diagnose
@@ -65,6 +70,90 @@ async def test_stopped_database(private_postgres: PostgresServer, private_url: s
         assert (await sessions.get(other))[0].user_id == "bob"
     finally:
         await store.aclose()
+
+
+class _FreezableProxy:
+    """A TCP proxy to the shared PostgreSQL that can stop passing bytes on while keeping
+    its connections open: a server that hangs, or a peer gone half-open."""
+
+    def __init__(self) -> None:
+        self.frozen = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", 5432))
+            self.sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                while self.frozen.is_set():
+                    time.sleep(0.02)
+                target.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.frozen.clear()
+        for sock in self.sockets:
+            sock.close()
+
+
+@contextmanager
+def proxied(url: str) -> Iterator[_FreezableProxy]:
+    proxy = _FreezableProxy()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+async def test_a_database_that_stops_answering_is_a_store_error_in_bounded_time() -> None:
+    # Before: `statement_timeout` is enforced by the server, which never sent its answer,
+    # so a call waited for as long as the server hung (20 s in the reviewer's run), and
+    # with it the request.
+    with throwaway_database() as url, proxied(url) as proxy:
+        await migrate_database(url)
+        through = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        assert through != url
+        store = PostgresSessionStore(through, timeout=0.5, pool_size=2)
+        now = time.time()
+        session = StoredSession(
+            id="a" * 64,
+            user_id="alice",
+            data={},
+            created_at=now,
+            ttl_seconds=60,
+            expires_at=now + 60,
+            absolute_expires_at=now + 600,
+        )
+        try:
+            await store.create(session)  # a pooled connection through the proxy
+            proxy.frozen.set()
+            started = anyio.current_time()
+            with (
+                anyio.fail_after(10),
+                pytest.raises(SessionStoreError, match=r"no answer within 1 s"),
+            ):
+                await store.get(session.id, now=time.time())
+            assert anyio.current_time() - started < 5
+            proxy.frozen.clear()
+            # Answering again: served as before (on the connection left waiting, or another).
+            found = await store.get(session.id, now=time.time())
+            assert found is not None and found.user_id == "alice"
+        finally:
+            proxy.frozen.clear()
+            await store.aclose()
 
 
 async def test_doctor_reports_a_schema_behind_then_current(private_url: str) -> None:

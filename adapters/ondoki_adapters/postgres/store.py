@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -98,22 +99,40 @@ class PostgresSessionStore:
         )
 
     async def _call(self, work: Callable[[psycopg.Connection], T], *, repeat: bool) -> T:
+        in_use: list[psycopg.Connection] = []  # the connection the thread waits on, if any
+
         def run() -> T:
             attempts = 2 if repeat else 1
             for attempt in range(attempts):
                 try:
                     with self._pool.connection() as conn:
-                        return work(conn)
+                        in_use.append(conn)
+                        try:
+                            return work(conn)
+                        finally:
+                            in_use.clear()
                 except psycopg.OperationalError:
                     # A broken connection is dropped; the next attempt gets another.
                     if attempt + 1 == attempts:
                         raise
             raise AssertionError("unreachable")  # pragma: no cover
 
-        try:
-            return await anyio.to_thread.run_sync(run, limiter=self._limiter)
-        except psycopg.Error as exc:
-            raise SessionStoreError(f"session database: {describe(exc)}") from None
+        # `statement_timeout` is the server's: a server that stops answering on an open
+        # connection (hung, or a peer gone half-open) never sends it, and libpq waits on.
+        # So each call is bounded here too, with room for a connect, the statement and one
+        # retry; past that, the connection's socket is shut under the waiting thread, which
+        # then fails at once and drops it.
+        limit = 2 * self.timeout
+        with anyio.move_on_after(limit):
+            try:
+                return await anyio.to_thread.run_sync(
+                    run, limiter=self._limiter, abandon_on_cancel=True
+                )
+            except psycopg.Error as exc:
+                raise SessionStoreError(f"session database: {describe(exc)}") from None
+        for conn in tuple(in_use):
+            _shut(conn)
+        raise SessionStoreError(f"session database: no answer within {limit:g} s")
 
     async def create(self, session: StoredSession) -> None:
         params = (
@@ -207,6 +226,21 @@ class PostgresSessionStore:
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self._pool.close)
+
+
+def _shut(conn: psycopg.Connection) -> None:
+    """Shut `conn`'s socket down (not closing it: the thread using it still owns it), so that
+    libpq waiting on it fails at once instead of waiting for a server that does not answer."""
+    try:
+        sock = socket.socket(fileno=conn.pgconn.socket)
+    except (OSError, psycopg.Error):
+        return  # already closed
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
 
 
 class _Pool:
