@@ -169,7 +169,7 @@ class Sessions:
         ):
             refill = not await self._persist(key, session, expires, now, cached=cached) and refill
         if refill:
-            await self._cache_quietly(key, _encode(session), expires - now)
+            await self._refill(key, _encode(session), expires - now, now)
         return session, expires
 
     async def end(self, token: str) -> bool:
@@ -225,8 +225,22 @@ class Sessions:
             raise Unauthorized("unknown or expired session")
         session.persisted_expires_at = expires
         if cached:
-            await self._cache_quietly(key, _encode(session), expires - now)
+            await self._refill(key, _encode(session), expires - now, now)
         return True
+
+    async def _refill(self, key: str, value: bytes, ttl: float, now: float) -> None:
+        """Cache a session the store just vouched for, then ask the store again: a logout
+        between the two found no cached copy to delete yet, and the copy cached after it
+        would have kept the ended session working (until its next persist)."""
+        assert self.store is not None
+        await self._cache_quietly(key, value, ttl)
+        try:
+            alive = await self.store.get(key, now=now) is not None
+        except SessionStoreError:
+            return  # cannot tell now: the next persist asks again
+        if not alive:
+            await self._forget(key, cached=True)
+            raise Unauthorized("unknown or expired session")
 
     async def _forget(self, key: str, *, cached: bool) -> None:
         if cached:

@@ -196,6 +196,51 @@ async def test_session_data_with_a_nul_character_is_refused(
     assert world.store is not None and await world.store.purge_expired(now=math.inf) == 0
 
 
+class _LogoutDuring(FlakyStore):
+    """A store during whose next read (or sliding-expiry write) the session is ended, by
+    another request: the logout lands between that read and the cache refill after it."""
+
+    sessions: Sessions | None = None
+    token = ""
+    during = ""
+
+    async def _logout(self, during: str) -> None:
+        if self.during == during and self.sessions is not None:
+            self.during = ""
+            assert await self.sessions.end(self.token)
+
+    async def get(self, session_id: str, *, now: float) -> StoredSession | None:
+        found = await super().get(session_id, now=now)
+        await self._logout("get")
+        return found
+
+    async def extend(self, session_id: str, expires_at: float, *, now: float) -> bool:
+        alive = await super().extend(session_id, expires_at, now=now)
+        await self._logout("extend")
+        return alive
+
+
+@pytest.mark.parametrize("during", ["get", "extend"])
+async def test_a_logout_racing_a_cache_refill_stays_a_logout(during: str) -> None:
+    # Before: the request refilled the cache after the logout had deleted the session from
+    # both; the token then worked again, until the next persist (up to an interval).
+    world = World()
+    store = _LogoutDuring()
+    world.store = world.sessions.store = store
+    token, _ = await world.sessions.create("alice")
+    store.sessions, store.token = world.sessions, token
+    if during == "get":
+        world.restart_cache()  # the next read misses the cache and reads the store
+    else:
+        world.clock.now += INTERVAL  # the next read persists its sliding expiry
+    store.during = during
+    with pytest.raises(Unauthorized):
+        await world.sessions.get(token)
+    with pytest.raises(Unauthorized):
+        await world.sessions.get(token)
+    assert await world.cache.get(session_id(token)) is None
+
+
 async def test_losing_the_cache_costs_at_most_one_interval_of_sliding(world: World) -> None:
     token, _ = await world.sessions.create("alice")
     # Used every 10 s for 50 minutes: well past the first TTL.
