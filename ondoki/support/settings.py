@@ -221,8 +221,10 @@ def parse_time_limits(text: str) -> dict[str, float]:
             seconds = float(value)
         except ValueError:
             raise ValueError(f"{kind}: {value!r} is not a number of seconds") from None
-        if not seconds > 0 or seconds == float("inf"):
-            raise ValueError(f"{kind}: the limit must be a positive number of seconds")
+        if not 0 < seconds <= MAX_SECONDS:
+            raise ValueError(
+                f"{kind}: the limit must be a positive number of seconds, at most 100 years"
+            )
         limits[kind] = seconds
     return limits
 

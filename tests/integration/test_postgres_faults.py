@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -106,6 +107,9 @@ class _FreezableProxy:
     def close(self) -> None:
         self.frozen.clear()
         for sock in self.sockets:
+            # (A thread blocked in recv on it sees the end only after a shutdown.)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
 

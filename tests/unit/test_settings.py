@@ -458,7 +458,7 @@ def test_job_time_limits_per_kind_with_a_default() -> None:
     assert load_settings({"ONDOKI_JOB_TIME_LIMIT_SECONDS": "90"}).job_time_limits == {"*": 90.0}
     both = load_settings({"ONDOKI_JOB_TIME_LIMIT_SECONDS": "a=1.5, *=60"}).job_time_limits
     assert both == {"a": 1.5, "*": 60.0}
-    for bad in ("a=", "a=x", "=5", "a=-1", "a=inf", "0"):
+    for bad in ("a=", "a=x", "=5", "a=-1", "a=inf", "a=nan", "*=1e12", "0"):
         with pytest.raises(ConfigError, match="ONDOKI_JOB_TIME_LIMIT_SECONDS"):
             load_settings({"ONDOKI_JOB_TIME_LIMIT_SECONDS": bad})
 

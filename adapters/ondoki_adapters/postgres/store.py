@@ -99,40 +99,56 @@ class PostgresSessionStore:
         )
 
     async def _call(self, work: Callable[[psycopg.Connection], T], *, repeat: bool) -> T:
-        in_use: list[psycopg.Connection] = []  # the connection the thread waits on, if any
+        # The connection the thread waits on, if any; the lock orders the thread's taking
+        # and leaving it against `_shut` from the event loop.
+        in_use: list[psycopg.Connection] = []
+        lock = threading.Lock()
+        given_up = threading.Event()  # no one waits for this call any more
 
         def run() -> T:
             attempts = 2 if repeat else 1
             for attempt in range(attempts):
                 try:
                     with self._pool.connection() as conn:
-                        in_use.append(conn)
+                        with lock:
+                            if given_up.is_set():
+                                conn.close()  # (not returned to the pool)
+                                raise psycopg.OperationalError("the caller gave up")
+                            in_use.append(conn)
                         try:
                             return work(conn)
                         finally:
-                            in_use.clear()
+                            with lock:
+                                in_use.clear()
+                                if given_up.is_set():
+                                    conn.close()  # perhaps shut: never back to the pool
                 except psycopg.OperationalError:
-                    # A broken connection is dropped; the next attempt gets another.
-                    if attempt + 1 == attempts:
+                    # A broken connection is dropped; the next attempt gets another, unless
+                    # the caller has given up (no statement then runs after its answer).
+                    if attempt + 1 == attempts or given_up.is_set():
                         raise
             raise AssertionError("unreachable")  # pragma: no cover
 
         # `statement_timeout` is the server's: a server that stops answering on an open
         # connection (hung, or a peer gone half-open) never sends it, and libpq waits on.
         # So each call is bounded here too, with room for a connect, the statement and one
-        # retry; past that, the connection's socket is shut under the waiting thread, which
-        # then fails at once and drops it.
+        # retry. However the wait ends (this deadline, or the caller cancelled), a thread
+        # still at work is stopped: the socket it waits on is shut, and it tries no more.
         limit = 2 * self.timeout
-        with anyio.move_on_after(limit):
-            try:
-                return await anyio.to_thread.run_sync(
-                    run, limiter=self._limiter, abandon_on_cancel=True
-                )
-            except psycopg.Error as exc:
-                raise SessionStoreError(f"session database: {describe(exc)}") from None
-        for conn in tuple(in_use):
-            _shut(conn)
-        raise SessionStoreError(f"session database: no answer within {limit:g} s")
+        try:
+            with anyio.move_on_after(limit):
+                try:
+                    return await anyio.to_thread.run_sync(
+                        run, limiter=self._limiter, abandon_on_cancel=True
+                    )
+                except psycopg.Error as exc:
+                    raise SessionStoreError(f"session database: {describe(exc)}") from None
+            raise SessionStoreError(f"session database: no answer within {limit:g} s")
+        finally:
+            with lock:
+                given_up.set()
+                for conn in in_use:
+                    _shut(conn)
 
     async def create(self, session: StoredSession) -> None:
         params = (

@@ -138,6 +138,8 @@ class JobBroker(RedisBroker):
         self.fetch_wait = fetch_wait
         self._gate = threading.Condition()
         self._in_flight = 0
+        #: Set when the worker stops: acks then stop waiting out a Redis refusing writes.
+        self.stopping = threading.Event()
 
     def _should_do_maintenance(self, command: str) -> int:
         return 1 if command == "qsize" else 0
@@ -185,9 +187,9 @@ class JobBroker(RedisBroker):
 
     def _settle(self, name: str, queue_name: str, *message_ids: str) -> None:
         """Ack, nack or requeue, waiting out a Redis that refuses writes for now (for up to
-        `SETTLE_PATIENCE` seconds: dramatiq retries only connection errors, and gives up on
-        the others); the capacity slot is freed whatever happens, or the worker would never
-        fetch again."""
+        `SETTLE_PATIENCE` seconds, and not once the worker stops: dramatiq retries only
+        connection errors, and gives up on the others); the capacity slot is freed whatever
+        happens, or the worker would never fetch again."""
         try:
             delay = 0.1
             deadline = time.monotonic() + SETTLE_PATIENCE
@@ -196,7 +198,7 @@ class JobBroker(RedisBroker):
                     self._command(name)(queue_name, *message_ids)
                     return
                 except REFUSED_FOR_NOW as exc:
-                    if time.monotonic() + delay > deadline:
+                    if time.monotonic() + delay > deadline or self.stopping.is_set():
                         raise
                     log.warning("job message %s: %s; retrying in %.1fs", name, exc, delay)
                     time.sleep(delay)

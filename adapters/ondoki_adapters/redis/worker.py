@@ -603,6 +603,7 @@ async def run_worker(
         fetch_wait=options.poll_interval,
     )
     runner.broker = broker
+    broker.stopping = runner.stopping  # acks stop waiting out a refusing Redis at shutdown
     dramatiq.Actor(
         runner.process,
         broker=broker,
