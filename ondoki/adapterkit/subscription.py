@@ -32,8 +32,8 @@ class BufferedSubscription(ABC):
 
     A full buffer (`buffer` messages, or `buffer_bytes` of payloads) is dropped rather than
     blocking whoever pushes (the publisher, or the one reader all subscriptions share): the
-    dropped messages are in history, and the next read refills from there. `_drops` counts the drops, so a repair that raced with a new
-    one knows it is not done.
+    dropped messages are in history, and the next read refills from there. `_drops` counts
+    the drops, so a repair that raced with a new one knows it is not done.
     """
 
     def __init__(self, cursor: Cursor, buffer: int, buffer_bytes: int) -> None:

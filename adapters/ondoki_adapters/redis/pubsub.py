@@ -50,8 +50,9 @@ log = logging.getLogger("ondoki.pubsub")
 # KEYS: meta, history. ARGV: candidate epoch, ttl (ms), the caller's epoch after a '='
 # ('' for none: an empty epoch is one the channel never had), first offset wanted, most
 # entries, most payload bytes. Returns {epoch, latest offset, one page of entries from that
-# offset if the epoch matches, or from offset 1 if it changed (none without an epoch)}: at most that many entries, and no more payload bytes than that
-# (but at least one entry). A channel without state gets its epoch here, like MemoryPubSub.
+# offset if the epoch matches, or from offset 1 if it changed (none without an epoch)}:
+# at most that many entries, and no more payload bytes than that (but at least one entry).
+# A channel without state gets its epoch here, like MemoryPubSub.
 _READ = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
