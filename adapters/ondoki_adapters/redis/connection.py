@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -187,6 +190,35 @@ async def _attempts(
         except rex.RedisError as exc:
             raise error(f"{what}: {describe(exc)}") from None
     raise AssertionError("unreachable")
+
+
+def wait_out(
+    function: Callable[[], T],
+    *,
+    what: str,
+    errors: tuple[type[rex.RedisError], ...],
+    stopping: threading.Event,
+    log: logging.Logger,
+    patience: float = math.inf,
+) -> T:
+    """Run blocking `function`, waiting out `errors` (a warning each time, then 0.1 s,
+    doubling up to 5 s) until it succeeds, `stopping` is set, or `patience` seconds would
+    pass; then the last error is raised. A failed authentication is never waited out."""
+    delay = 0.1
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return function()
+        except errors as exc:
+            if (
+                stopping.is_set()
+                or isinstance(exc, rex.AuthenticationError)
+                or time.monotonic() + delay > deadline
+            ):
+                raise
+            log.warning("%s: %s; retrying in %.1fs", what, describe(exc), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def call_blocking(

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +36,8 @@ import redis
 import redis.exceptions as rex
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
+
+from ondoki_adapters.redis.connection import wait_out
 
 #: The dramatiq release series (major, minor) this module was written and tested against.
 SERIES = (2, 2)
@@ -191,18 +192,14 @@ class JobBroker(RedisBroker):
         connection errors, and gives up on the others); the capacity slot is freed whatever
         happens, or the worker would never fetch again."""
         try:
-            delay = 0.1
-            deadline = time.monotonic() + SETTLE_PATIENCE
-            while True:
-                try:
-                    self._command(name)(queue_name, *message_ids)
-                    return
-                except REFUSED_FOR_NOW as exc:
-                    if time.monotonic() + delay > deadline or self.stopping.is_set():
-                        raise
-                    log.warning("job message %s: %s; retrying in %.1fs", name, exc, delay)
-                    time.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+            wait_out(
+                lambda: self._command(name)(queue_name, *message_ids),
+                what=f"job message {name}",
+                errors=REFUSED_FOR_NOW,
+                stopping=self.stopping,
+                log=log,
+                patience=SETTLE_PATIENCE,
+            )
         finally:
             self._done(queue_name, len(message_ids))
 

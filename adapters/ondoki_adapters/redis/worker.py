@@ -47,7 +47,7 @@ from ondoki.domain.jobs import Context, JobKinds
 from ondoki.errors import JobQueueError
 from ondoki.models import FINAL_STATES, JobRecord, WorkerInfo, WorkerJob
 from ondoki.ports.jobs import JobNotify, JobObserver
-from ondoki_adapters.redis.connection import describe, milliseconds
+from ondoki_adapters.redis.connection import describe, milliseconds, wait_out
 from ondoki_adapters.redis.dramatiq_surface import REFUSED_FOR_NOW, JobBroker, JobWorker
 from ondoki_adapters.redis.jobs import (
     ACTOR,
@@ -181,18 +181,12 @@ class _Runner:
         for now (full under `noeviction`, or a read-only replica during a failover), until
         the worker stops: giving up would leave the job's message acked and its record
         stuck."""
-        delay = 0.1
-        while True:
-            try:
-                return function()
-            except _WAITED_OUT as exc:
-                if self.stopping.is_set() or isinstance(exc, rex.AuthenticationError):
-                    raise JobQueueError(f"{what}: {describe(exc)}") from None
-                log.warning("%s: %s; retrying in %.1fs", what, describe(exc), delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except rex.RedisError as exc:
-                raise JobQueueError(f"{what}: {describe(exc)}") from None
+        try:
+            return wait_out(
+                function, what=what, errors=_WAITED_OUT, stopping=self.stopping, log=log
+            )
+        except rex.RedisError as exc:
+            raise JobQueueError(f"{what}: {describe(exc)}") from None
 
     def _update(
         self,
