@@ -253,7 +253,15 @@ class RedisChannels:
             index = len(gathered.publications)
             gathered.publications.append(publication)
             self.gathered += 1
-            await self._wait(gathered, _what([publication]))
+            # Within the caller's own time; past it, like a lost reply (the group may still
+            # send it).
+            await call(
+                gathered.done.wait,
+                error=PubSubError,
+                what=_what([publication]),
+                idempotent=False,
+                deadline=self.timeout,
+            )
             return gathered.result(index)
         gathered = self._waiting[keyed] = _Gathered(publication)
         _, over = allowance(self.timeout)  # (starts the request's budget, if this is first)
@@ -268,9 +276,7 @@ class RedisChannels:
                 # so do those made while every slot stays busy (for half the timeout at
                 # most: see `_send`).
                 await anyio.lowlevel.checkpoint()
-                with anyio.move_on_after(self.timeout / 2):
-                    while self._in_flight >= self.max_in_flight:
-                        await self._slot().wait()
+                await self._free_slot(self.timeout / 2)
                 if self._waiting.get(keyed) is gathered:
                     del self._waiting[keyed]
                 try:
@@ -297,25 +303,14 @@ class RedisChannels:
             return []
         return await self._send(publications)
 
-    async def _wait(self, gathered: _Gathered, what: str) -> None:
-        """Wait for a group this caller joined, within the caller's own time (its request's
-        budget, or this adapter's timeout)."""
-        limit, budget = allowance(self.timeout)
-        started = anyio.current_time()
-        try:
-            with anyio.move_on_after(limit):
-                await gathered.done.wait()
-                return
-        finally:
-            if budget is not None:
-                budget.spend(anyio.current_time() - started)
-        # Like a lost reply: the group may still send it.
-        raise PubSubError(f"{what}: no answer from Redis within {limit:g} s")
-
-    def _slot(self) -> anyio.Event:
-        if self._slot_freed is None:
-            self._slot_freed = anyio.Event()
-        return self._slot_freed
+    async def _free_slot(self, within: float) -> bool:
+        """Wait up to `within` seconds for a free call slot; whether one is free."""
+        with anyio.move_on_after(within):
+            while self._in_flight >= self.max_in_flight:
+                if self._slot_freed is None:
+                    self._slot_freed = anyio.Event()
+                await self._slot_freed.wait()
+        return self._in_flight < self.max_in_flight
 
     async def _send(
         self, publications: Sequence[Publication], *, within: float | None = None
@@ -333,10 +328,7 @@ class RedisChannels:
         async def in_a_slot() -> Any:
             if self._in_flight >= self.max_in_flight:
                 patience = (anyio.current_effective_deadline() - anyio.current_time()) / 2
-                with anyio.move_on_after(patience):
-                    while self._in_flight >= self.max_in_flight:
-                        await self._slot().wait()
-                if self._in_flight >= self.max_in_flight:
+                if not await self._free_slot(patience):
                     raise PubSubError(
                         f"{what}: all {self.max_in_flight} publish calls stayed busy for "
                         f"{patience:.2g} s; nothing was sent"
