@@ -7,7 +7,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import anyio
 import pytest
@@ -113,20 +112,11 @@ class _FreezableProxy:
             sock.close()
 
 
-@contextmanager
-def proxied(url: str) -> Iterator[_FreezableProxy]:
-    proxy = _FreezableProxy()
-    try:
-        yield proxy
-    finally:
-        proxy.close()
-
-
 async def test_a_database_that_stops_answering_is_a_store_error_in_bounded_time() -> None:
     # Before: `statement_timeout` is enforced by the server, which never sent its answer,
     # so a call waited for as long as the server hung (20 s in the reviewer's run), and
     # with it the request.
-    with throwaway_database() as url, proxied(url) as proxy:
+    with throwaway_database() as url, contextlib.closing(_FreezableProxy()) as proxy:
         await migrate_database(url)
         through = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
         assert through != url
